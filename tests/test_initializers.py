@@ -1,0 +1,312 @@
+"""Property tests over every initializer: variance vs formula, bounds, seeds, serialization, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_initkit as kik
+from keras_initkit.initializers import kernel_fans
+
+DENSE = (1000, 500)
+CONV = (3, 3, 64, 128)
+
+# (factory, Var(W) as a function of (fan_in, fan_out), uniform limit or None)
+CASES = {
+    "GlorotAvg": (lambda s: kik.GlorotAvg(seed=s), lambda fi, fo: 2.0 / (fi + fo), "uniform"),
+    "GlorotAvg-normal-gain": (
+        lambda s: kik.GlorotAvg("normal", gain=5 / 3, seed=s),
+        lambda fi, fo: (5 / 3) ** 2 * 2.0 / (fi + fo),
+        None,
+    ),
+    "GlorotAvg-truncated": (
+        lambda s: kik.GlorotAvg("truncated_normal", seed=s),
+        lambda fi, fo: 2.0 / (fi + fo),
+        None,
+    ),
+    "GlorotFanIn": (lambda s: kik.GlorotFanIn(seed=s), lambda fi, fo: 1.0 / fi, "uniform"),
+    "GlorotFanIn-normal": (
+        lambda s: kik.GlorotFanIn("normal", seed=s),
+        lambda fi, fo: 1.0 / fi,
+        None,
+    ),
+    "GlorotFanOut": (
+        lambda s: kik.GlorotFanOut(gain=math.sqrt(2), seed=s),
+        lambda fi, fo: 2.0 / fo,
+        "uniform",
+    ),
+    "He": (lambda s: kik.He(seed=s), lambda fi, fo: 2.0 / fi, None),
+    "He-fan_out-leaky": (
+        lambda s: kik.He("fan_out", negative_slope=0.25, seed=s),
+        lambda fi, fo: 2.0 / (1 + 0.25**2) / fo,
+        None,
+    ),
+    "He-uniform": (
+        lambda s: kik.He(distribution="uniform", seed=s),
+        lambda fi, fo: 2.0 / fi,
+        "uniform",
+    ),
+    "He-truncated": (
+        lambda s: kik.He(distribution="truncated_normal", seed=s),
+        lambda fi, fo: 2.0 / fi,
+        None,
+    ),
+    "StandardUniform": (
+        lambda s: kik.StandardUniform(seed=s),
+        lambda fi, fo: 1.0 / (3 * fi),
+        "uniform",
+    ),
+    "FixedNormal": (lambda s: kik.FixedNormal(seed=s), lambda fi, fo: 1e-4, None),
+    "FixedNormal-0.1": (lambda s: kik.FixedNormal(0.1, seed=s), lambda fi, fo: 1e-2, None),
+}
+
+
+def _sample(init, shape):
+    return np.asarray(keras.ops.convert_to_numpy(init(shape)), dtype="float64")
+
+
+@pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv2d"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_variance_mean_bounds(name, shape):
+    factory, var_fn, kind = CASES[name]
+    init = factory(7)
+    w = init(shape)
+    assert tuple(w.shape) == shape
+    assert keras.backend.standardize_dtype(w.dtype) == "float32"
+    w = _sample(init, shape)
+    fi, fo = kernel_fans(shape)
+    expected = var_fn(fi, fo)
+    n = w.size
+    # Var(sample variance) = sigma^4 (kurtosis - 1) / n; kurtosis <= 3 for all three laws: 6-sigma band.
+    tol = 6.0 * math.sqrt(2.0 / n)
+    assert abs(w.var() / expected - 1.0) < tol, (w.var(), expected, tol)
+    assert abs(w.mean()) < 6.0 * math.sqrt(expected / n)
+    if kind == "uniform":
+        limit = math.sqrt(3.0 * expected)
+        assert w.max() <= limit * (1 + 1e-6) and w.min() >= -limit * (1 + 1e-6)
+        # The sample reaches close to the limit: it is uniform on the whole interval, not narrower.
+        assert w.max() > 0.99 * limit and w.min() < -0.99 * limit
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_seed_rules(name):
+    factory = CASES[name][0]
+    a = _sample(factory(1), (64, 32))
+    assert np.array_equal(a, _sample(factory(1), (64, 32))), "same seed must give the same values"
+    assert not np.array_equal(a, _sample(factory(2), (64, 32))), "different seeds must differ"
+    init = factory(None)  # Keras semantics: an unseeded initializer repeats itself on every call
+    assert np.array_equal(_sample(init, (8, 8)), _sample(init, (8, 8)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_config_round_trips(name):
+    init = CASES[name][0](3)
+    cfg = init.get_config()
+    clone = type(init)(**cfg)
+    assert clone.get_config() == cfg
+    assert np.array_equal(_sample(clone, (16, 8)), _sample(init, (16, 8)))
+    clone2 = type(init).from_config(cfg)
+    assert clone2.get_config() == cfg
+    blob = keras.saving.serialize_keras_object(init)
+    assert blob["registered_name"] == f"keras_initkit>{type(init).__name__}"
+    back = keras.saving.deserialize_keras_object(json.loads(json.dumps(blob)))
+    assert type(back) is type(init) and back.get_config() == cfg
+
+
+def test_config_is_exactly_the_constructor_arguments():
+    import inspect
+
+    for cls in (
+        kik.GlorotAvg,
+        kik.GlorotFanIn,
+        kik.GlorotFanOut,
+        kik.He,
+        kik.StandardUniform,
+        kik.FixedNormal,
+    ):
+        params = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        assert set(cls().get_config()) == params, cls
+
+
+def test_matches_keras_builtins():
+    n = 400_000
+    shape = (800, 500)
+    ours = _sample(kik.GlorotAvg(seed=0), shape)
+    theirs = _sample(keras.initializers.GlorotUniform(seed=0), shape)
+    # Same law (same limit), and Keras' GlorotUniform is exactly VarianceScaling(1, fan_avg, uniform).
+    assert np.array_equal(ours, theirs)
+    he = _sample(kik.He(distribution="truncated_normal", seed=0), shape)
+    assert np.array_equal(he, _sample(keras.initializers.HeNormal(seed=0), shape))
+    # Our default He is the paper's untruncated Gaussian with the same variance as HeNormal.
+    he_n = _sample(kik.He(seed=0), shape)
+    assert abs(he_n.var() / theirs_var(shape) - 1) < 6 * math.sqrt(2 / n)
+    # Untruncated: tails beyond 2 std exist (about 4.55 %), which a truncated normal never has.
+    frac = np.mean(np.abs(he_n) > 2 * math.sqrt(2 / 800))
+    assert 0.040 < frac < 0.051
+
+
+def theirs_var(shape):
+    return float(_sample(keras.initializers.HeNormal(seed=1), shape).var())
+
+
+@pytest.mark.parametrize(
+    "layer, in_shape",
+    [
+        (keras.layers.Dense(4, kernel_initializer=kik.FixedNormal(seed=1)), (8,)),
+        (keras.layers.Conv1D(4, 3, kernel_initializer=kik.He(seed=1)), (8, 3)),
+        (keras.layers.Conv2D(4, 3, kernel_initializer=kik.GlorotAvg(seed=1)), (8, 8, 3)),
+        (keras.layers.Conv3D(4, 3, kernel_initializer=kik.GlorotFanIn(seed=1)), (5, 5, 5, 3)),
+        (
+            keras.layers.Conv2DTranspose(4, 3, kernel_initializer=kik.GlorotFanOut(seed=1)),
+            (8, 8, 3),
+        ),
+        (
+            keras.layers.DepthwiseConv2D(3, depthwise_initializer=kik.StandardUniform(seed=1)),
+            (8, 8, 3),
+        ),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, keras.layers.Layer) else None,
+)
+def test_layers_accept_them(layer, in_shape):
+    x = np.random.default_rng(0).normal(size=(2, *in_shape)).astype("float32")
+    y = keras.ops.convert_to_numpy(layer(x))
+    assert np.all(np.isfinite(y)) and np.std(y) > 0
+
+
+@pytest.mark.parametrize(
+    "layer, in_shape, fans",
+    [
+        (keras.layers.Dense(30), (20,), (20, 30)),
+        (keras.layers.Conv1D(30, 5), (16, 20), (100, 150)),
+        (keras.layers.Conv2D(30, 3), (8, 8, 20), (180, 270)),
+        (keras.layers.Conv3D(30, 3), (5, 5, 5, 20), (540, 810)),
+        # Transposed conv stores (k, k, filters, in): Keras' "fan_in" is k*k*filters (module docstring).
+        (keras.layers.Conv2DTranspose(30, 3), (8, 8, 20), (270, 180)),
+        # Depthwise stores (k, k, in, multiplier): fan_in k*k*in, fan_out k*k*multiplier.
+        (keras.layers.DepthwiseConv2D(3, depth_multiplier=2), (8, 8, 20), (180, 18)),
+    ],
+)
+def test_documented_fans_per_layer_type(layer, in_shape, fans):
+    layer.build((None, *in_shape))
+    assert kernel_fans(layer.kernel.shape) == fans
+    layer.kernel_initializer = kik.He(mode="fan_in", seed=0)
+    w = _sample(layer.kernel_initializer, tuple(layer.kernel.shape))
+    assert abs(w.var() / (2.0 / fans[0]) - 1) < 6 * math.sqrt(2 / w.size) + 0.02
+
+
+ERRORS = [
+    (
+        lambda: kik.GlorotAvg(distribution="gauss"),
+        "`distribution` must be one of",
+        "distribution='gauss'",
+    ),
+    (lambda: kik.GlorotFanIn(gain=-1.0), "`gain` must be a positive number", "gain=-1.0"),
+    (lambda: kik.GlorotFanOut(gain=0), "`gain` must be a positive number", "gain=0"),
+    (lambda: kik.He(mode="fan_mid"), "`mode` must be one of", "mode='fan_mid'"),
+    (
+        lambda: kik.He(negative_slope=-0.1),
+        "`negative_slope` must be a number >= 0",
+        "negative_slope=-0.1",
+    ),
+    (
+        lambda: kik.He(distribution="normalish"),
+        "`distribution` must be one of",
+        "distribution='normalish'",
+    ),
+    (lambda: kik.FixedNormal(stddev=-0.01), "`stddev` must be a positive number", "stddev=-0.01"),
+    (lambda: kik.FixedNormal(stddev=0.0), "`stddev` must be a positive number", "stddev=0.0"),
+    (lambda: kik.GlorotAvg()(()), "`shape` must have rank >= 1", "shape=()"),
+    (lambda: kik.He()((3, 0, 4)), "`shape` must have only positive dimensions", "shape=(3, 0, 4)"),
+    (lambda: kik.FixedNormal()((0,)), "`shape` must have only positive dimensions", "shape=(0,)"),
+    (lambda: kik.StandardUniform()(()), "`shape` must have rank >= 1", "shape=()"),
+    (
+        lambda: kik.gain("relu", negative_slope=-1),
+        "`negative_slope` must be a number >= 0",
+        "negative_slope=-1",
+    ),
+    (
+        lambda: kik.gain("no_such_activation"),
+        "`activation` must be a Keras activation",
+        "no_such_activation",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, rule, received", ERRORS, ids=[e[2] for e in ERRORS])
+def test_errors_name_argument_rule_and_value(call, rule, received):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert rule in str(err.value) and received in str(err.value), str(err.value)
+
+
+def test_save_and_load_model_in_a_fresh_process(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(8, activation="tanh", kernel_initializer=kik.GlorotAvg(gain=kik.gain("tanh"))),
+            keras.layers.Dense(8, kernel_initializer=kik.GlorotFanIn("normal", seed=4)),
+            keras.layers.Dense(8, kernel_initializer=kik.GlorotFanOut()),
+            keras.layers.Dense(8, activation="relu", kernel_initializer=kik.He("fan_out", 0.1, seed=5)),
+            keras.layers.Dense(8, kernel_initializer=kik.StandardUniform(seed=6)),
+            keras.layers.Dense(3, kernel_initializer=kik.FixedNormal(0.02, seed=7)),
+        ]
+    )
+    path = tmp_path / "m.keras"
+    model.save(path)
+    expected = [
+        {
+            "class": type(layer.kernel_initializer).__name__,
+            "config": layer.kernel_initializer.get_config(),
+        }
+        for layer in model.layers
+    ]
+    code = textwrap.dedent(
+        f"""
+        import json, keras, keras_initkit, numpy as np
+        m = keras.models.load_model({str(path)!r})
+        out = [{{"class": type(l.kernel_initializer).__name__, "config": l.kernel_initializer.get_config()}}
+               for l in m.layers]
+        print(json.dumps(out))
+        """
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got == json.loads(json.dumps(expected))
+
+
+@pytest.mark.parametrize("backend", ["jax"])
+def test_other_backend_samples_the_same_law(backend):
+    pytest.importorskip(backend)
+    code = textwrap.dedent(
+        """
+        import json, keras, numpy as np, keras_initkit as kik
+        out = {}
+        for name, init, var in [("GlorotAvg", kik.GlorotAvg(seed=1), 2 / 1500),
+                                ("He", kik.He(seed=1), 2 / 1000),
+                                ("StandardUniform", kik.StandardUniform(seed=1), 1 / 3000),
+                                ("FixedNormal", kik.FixedNormal(seed=1), 1e-4)]:
+            w = keras.ops.convert_to_numpy(init((1000, 500)))
+            out[name] = float(w.var() / var)
+        m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, kernel_initializer=kik.He(seed=0))])
+        out["backend"] = keras.backend.backend()
+        out["forward"] = list(keras.ops.convert_to_numpy(m(np.ones((2, 6), "float32"))).shape)
+        print(json.dumps(out))
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out.pop("backend") == backend and out.pop("forward") == [2, 4]
+    for name, ratio in out.items():
+        assert abs(ratio - 1) < 6 * math.sqrt(2 / 500_000), (name, ratio)
