@@ -47,7 +47,7 @@ test: $(STAMP) ## Run the test suite (fails when no test ran)
 
 .PHONY: bench
 bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a timed test)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH)
 
 .PHONY: studies
 studies: study-vgg study-sigmoid study-bn ## Run every study (PROFILE=quick|paper)
