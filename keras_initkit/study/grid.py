@@ -50,5 +50,5 @@ def expand_grid(axes: Mapping[str, Sequence[Any]], exclude=None) -> list[dict[st
         if len(values) == 0:
             raise ValueError(f"`axes` must give each axis at least one value. Received: {name}=[]")
     names = list(axes)
-    out = [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+    out = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(axes[n] for n in names))]
     return [t for t in out if not (exclude and exclude(t))]
