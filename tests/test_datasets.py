@@ -77,6 +77,23 @@ def test_shapeset_object_areas_match_the_scale_rule(sample):
         assert got.min() > 0.5 * lo and got.max() < 1.2 * hi
 
 
+def test_shapeset_labels_name_the_objects(sample):
+    for n_obj in (1, 2):
+        for t1 in range(3):
+            for t2 in range(3):
+                y = int(ds._label(np.array([n_obj]), np.array([t1]), np.array([t2]))[0])
+                objects = [ds.SHAPES[t1]] + ([ds.SHAPES[t2]] if n_obj == 2 else [])
+                assert sorted(ds.SHAPESET_CLASSES[y].split("+")) == sorted(objects)
+    # and in the generated images: the first object's mean area is that of the shapes the label names
+    _, y, masks = sample
+    area = masks[:, 0].sum(axis=(1, 2))
+    shape_area = {s: area[y == i].mean() for i, s in enumerate(ds.SHAPES)}
+    for label in range(3, 9):
+        names = ds.SHAPESET_CLASSES[label].split("+")
+        expected = np.mean([shape_area[s] for s in names])
+        assert abs(area[y == label].mean() - expected) < 0.05 * expected, ds.SHAPESET_CLASSES[label]
+
+
 def test_shapeset_grey_levels(sample):
     x, _, masks = sample
     g = (x[..., 0] + 1) / 2  # back to grey levels
