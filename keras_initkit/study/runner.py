@@ -93,12 +93,15 @@ def load_study(study: str | StudyRef | ModuleType) -> ModuleType:
     """A study module from a name in studies/, a dotted module name, a path to a .py file, or a StudyRef."""
     if isinstance(study, ModuleType):
         return study
-    if isinstance(study, StudyRef):
+    if isinstance(study, StudyRef):  # in a worker: by name first (a Ray node may lack the driver's file paths)
         if study.module in sys.modules:
             return sys.modules[study.module]
-        if study.file:
-            return _load_file(study.module, study.file)
-        return importlib.import_module(study.module)
+        try:
+            return importlib.import_module(study.module)
+        except ImportError:
+            if not study.file:
+                raise
+        return _load_file(study.module, study.file)
     if not isinstance(study, str) or not study:
         raise UsageError("STUDY", f"must be a study name, a module or a .py path. Received: {study!r}")
     if study.endswith(".py") or os.sep in study:
