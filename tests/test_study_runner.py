@@ -206,6 +206,16 @@ def test_plot_only_reads_saved_tables_and_never_trains(reference, toy, tmp_path,
     with pytest.raises(FileNotFoundError, match="run the study first"):
         runner.plot_study(toy, profile="paper", out_dir=tmp_path / "results")
 
+    def broken_plot(tables, summary):
+        raise KeyError("no such column")
+
+    monkeypatch.setattr(toy, "plot", broken_plot)
+    with pytest.warns(runner.StudyWarning, match="plot\\(\\) failed.*no such column"):
+        runner.plot_study(toy, profile="quick", out_dir=tmp_path / "results")
+    text = path.read_text()
+    assert "## Figures" not in text and "| T1 " in text  # the report is still written, without figures
+    assert list((root / "figures").iterdir()) == []
+
 
 def test_bad_arguments_raise_before_anything_is_written(toy, tmp_path):
     cases = [

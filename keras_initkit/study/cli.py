@@ -130,25 +130,29 @@ def main(argv: list[str] | None = None, study: str | None = None) -> int:
         report = runner.plot_study(module, cfg, args.profile, args.out, data=args.data, docs_dir=docs_dir)
         claims = runner.read_frames(root / "tables")["claims"]
     else:
-        warnings.simplefilter("always", runner.StudyWarning)
-        warnings.formatwarning = _one_line_warning
-        result = runner.run_study(
-            module,
-            cfg,
-            args.profile,
-            out_dir=args.out,
-            engine=args.engine,
-            jobs=args.jobs,
-            resume=not args.no_resume,
-            deterministic=args.deterministic,
-            data=args.data,
-            docs_dir=docs_dir,
-            progress=not args.no_progress,
-            address=args.address,
-            cpus_per_trial=args.cpus_per_trial or 1,
-            gpus_per_trial=args.gpus_per_trial or 0.0,
-            argv=[prog, *(sys.argv[1:] if argv is None else argv)],
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", runner.StudyWarning)
+            formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+            try:
+                result = runner.run_study(
+                    module,
+                    cfg,
+                    args.profile,
+                    out_dir=args.out,
+                    engine=args.engine,
+                    jobs=args.jobs,
+                    resume=not args.no_resume,
+                    deterministic=args.deterministic,
+                    data=args.data,
+                    docs_dir=docs_dir,
+                    progress=not args.no_progress,
+                    address=args.address,
+                    cpus_per_trial=args.cpus_per_trial or 1,
+                    gpus_per_trial=args.gpus_per_trial or 0.0,
+                    argv=[prog, *(sys.argv[1:] if argv is None else argv)],
+                )
+            finally:
+                warnings.formatwarning = formatwarning
         report, claims = result.report, result.claims
         c = result.counts
         print(

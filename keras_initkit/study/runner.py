@@ -446,26 +446,35 @@ def run_study(
 
     ordered = [records[tid] for tid in ids]
     tables = concat_tables([r for r in ordered if r.status != "failed"])
-    summary = dict(module.summarize(cfg, tables))
-    summary["claims"] = check_claims(summary.get("claims"))
+    counts = {status: _count(records, status, ids) for status in store.STATUSES}
     _save_frames(root / "raw", tables, markdown=False)
+
+    def meta_now():
+        return report.build_meta(
+            module,
+            cfg,
+            profile=profile,
+            label=label,
+            data=data,
+            engine=engine,
+            deterministic=deterministic,
+            records=ordered,
+            counts=counts,
+            wall_s=time.perf_counter() - t_start,
+            argv=argv,
+            resumed=len(done),
+        )
+
+    try:
+        summary = dict(module.summarize(cfg, tables))
+        summary["claims"] = check_claims(summary.get("claims"))
+    except Exception:
+        # the trial files and meta.json (with every failed trial's error) stay; fix summarize and rerun (resumes)
+        store.atomic_write_text(root / "meta.json", report.dump_json(meta_now()))
+        raise
     _save_frames(root / "tables", summary, markdown=True)
     store.atomic_write_text(root / "claims.csv", summary["claims"].to_csv(index=False))
-    counts = {status: _count(records, status, ids) for status in store.STATUSES}
-    meta = report.build_meta(
-        module,
-        cfg,
-        profile=profile,
-        label=label,
-        data=data,
-        engine=engine,
-        deterministic=deterministic,
-        records=ordered,
-        counts=counts,
-        wall_s=time.perf_counter() - t_start,
-        argv=argv,
-        resumed=len(done),
-    )
+    meta = meta_now()
     store.atomic_write_text(root / "meta.json", report.dump_json(meta))
     result = StudyResult(module.NAME, label, root, tables, summary, counts, ordered)
     if plot:
@@ -505,7 +514,12 @@ def plot_study(
         raise FileNotFoundError(f"no saved tables under {root}; run the study first")
     tables = read_frames(root / "raw")
     summary = read_frames(root / "tables")
-    figures = module.plot(tables, summary) or {}
+    try:
+        figures = module.plot(tables, summary) or {}
+    except Exception as e:  # the report is still written; fix plot() and rerun with --plot-only
+        message = f"{module.NAME}.plot() failed, report without figures: {type(e).__name__}: {e}"
+        warnings.warn(message, StudyWarning, stacklevel=2)
+        figures = {}
     fig_dir = root / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     written = []
