@@ -1,0 +1,1173 @@
+"""VGG depth x init: He, Zhang, Ren & Sun 2015, "Delving Deep into Rectifiers", with Simonyan & Zisserman 2014 (VGG).
+
+Why VGG needed stage-wise pre-training and why He init made it unnecessary, on plain VGG-style ReLU conv nets (3x3
+"same" convolutions, max-pools between stages, a dense head, no batch norm, no residuals) of depth 8 to 30:
+- At initialization (claims H1, H4): per-layer variance of the pre-activations going up and of the back-propagated
+  gradients dC/ds going down, measured on a probe batch with `VarianceMonitor` beside `theory.predict_variance`:
+  halving per layer under GlorotFanIn (He's "Xavier", Var(W) = 1/n), constant under He (2/n), collapsing under VGG's
+  fixed N(0, 0.01); the early-layer gradient of the fixed-std net against He's (paper: 1/(1.7e4) for VGG B).
+- Training (H2, H3; He et al. Fig 2 and 3): loss curves per depth x init, steps to a loss threshold, and "stalled"
+  (loss still within 2% of ln K at the end of the budget), both defined before any run.
+- The VGG recipe (Simonyan & Zisserman 3.1): train a shallow net A from N(0, 0.01), copy its first conv layers and
+  its dense head into a deeper net, draw the other layers at random, train; against He init from scratch.
+
+Run: `make study-vgg` (the QUICK profile) or
+`python -m keras_initkit.study.cli vgg_depth --profile quick|paper [--engine process --jobs 2]`.
+Results: results/vgg_depth/<profile>/, and the QUICK report in docs/results/vgg_depth/REPORT.md.
+`build_vgg` (the model builder, with a `batchnorm` switch) and `transfer_layers` (the recipe's copy) are importable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from keras_initkit.initializers import FixedNormal, GlorotAvg, GlorotFanIn, He
+from keras_initkit.study.grid import derive_seed
+
+NAME = "vgg_depth"
+
+CLAIMS = {
+    "H1": "ReLU at initialization: with 1/n (fan-in Xavier) the pre-activation variance halves per layer (2^-L after "
+    "L layers); with He (2/n) it stays constant; with N(0, 0.01) it collapses faster still.",
+    "H2": "The deepest plain net (30 layers): He converges; fan-in Xavier stalls at chance loss (ln K) for the budget.",
+    "H3": "22 layers: both converge, He reaches the loss threshold in fewer steps.",
+    "H4": "Fixed-std N(0, 0.01): a deep plain net stalls, and its early-layer gradients are orders of magnitude "
+    "smaller than under He init.",
+}
+
+# Initializations of the grid: name -> label. "fixed" is VGG's N(0, std^2) with std = Config.fixed_std.
+INITS = ("fixed", "glorot_fan_in", "glorot_avg", "he_fan_in", "he_fan_out")
+INIT_LABELS = {
+    "fixed": "FixedNormal",
+    "glorot_fan_in": "GlorotFanIn",
+    "glorot_avg": "GlorotAvg",
+    "he_fan_in": "He fan_in",
+    "he_fan_out": "He fan_out",
+}
+
+# Thresholds of the rules, fixed before any result was seen. The per-layer factor rho of a variance is exp(slope) of
+# a least-squares line through ln Var against the layer index: the average factor per layer. He et al.'s Eq 7
+# predicts rho = 1/2 n Var(W): 1/2 under GlorotFanIn, 1 under He. A factor "halves" when it is closer to 1/2 than to
+# 1 or 1/4 in log scale (between 2^-1.5 and 2^-0.5), and is "constant" when closer to 1 than to 1/2 or 2.
+HALF_LOW, HALF_HIGH = 2.0**-1.5, 2.0**-0.5
+FLAT_LOW, FLAT_HIGH = 2.0**-0.5, 2.0**0.5
+STALL_FRACTION = 0.02  # "stalled": the final loss is within 2% of ln K (chance) ...
+TAIL_FRACTION = 0.1  # ... where the final loss is the mean over the last 10% of the updates
+H4_MAX_RATIO = 1e-2  # "orders of magnitude smaller": the early-layer gradient std ratio is below 1/100
+UNDERFLOW = 1e-30  # a float32 variance below this has lost its precision (the squares underflow): left out of fits
+PAPER_H4 = 1.0 / 1.7e4
+
+RULES = {
+    "H1": f"At init, Var(preact) of the conv layers conv 2..N (inputs are ReLU outputs) on the probe batch; per-layer "
+    f"factor rho = exp(slope of ln Var vs layer), over the layers whose variance is above {UNDERFLOW:g}. In every "
+    f"trial at every depth: GlorotFanIn {HALF_LOW:.3f} < rho < {HALF_HIGH:.3f} (halves), He fan_in "
+    f"{FLAT_LOW:.3f} < rho < {FLAT_HIGH:.3f} (constant), FixedNormal rho < GlorotFanIn's rho of the same depth and "
+    "seed (faster still).",
+    "H2": "At the deepest trained depth (30): He fan_in reaches the loss threshold in every seed, and GlorotFanIn is "
+    f"stalled in every seed (mean training loss over the last {TAIL_FRACTION:.0%} of the updates >= "
+    f"{1 - STALL_FRACTION:.2f} ln K).",
+    "H3": "At 22 layers: He fan_in and GlorotFanIn both reach the loss threshold in every seed, and He fan_in needs "
+    "fewer updates than GlorotFanIn in every seed (paired by seed).",
+    "H4": "(a) FixedNormal at the deepest trained depth is stalled in every seed; (b) at init, std of dC/ds at conv2 "
+    f"(FixedNormal / He fan_in, same depth and seed) at Config.h4_depth is below {H4_MAX_RATIO:g} in every seed.",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # data set by keras_initkit.datasets name ("digits", "shapeset", "mnist", "cifar10")
+    data: str = "digits"
+    # training images (None: the whole training split; Shapeset draws this many)
+    n_train: int | None = None
+    # test images for the final error (None: the whole test split)
+    n_test: int | None = None
+    # image side for Shapeset (the other data sets have a fixed size)
+    size: int = 32
+    # net depths: weight layers, convolutions + dense layers (He et al.'s 30 = 27 conv + 3 fc; VGG A = 11)
+    depths: tuple[int, ...] = (8, 14, 22, 30)
+    # initializations, names from INITS
+    inits: tuple[str, ...] = INITS
+    # one trial per (depth, init, seed); every layer's initializer seed and the data order derive from the seed
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # std of VGG's fixed Gaussian ("fixed"), the same for every layer
+    fixed_std: float = 0.01
+    # channels of each conv stage; a 2x2 max-pool follows every stage but the last, convs are split evenly over the
+    # stages (the remainder to the deepest). digits (8x8): one stage, no pool: pooled to 4x4, zero padding would cut
+    # a third of every later 3x3 conv's fan-in
+    widths: tuple[int, ...] = (32,)
+    # dense layers of the head after Flatten, the last one the linear classifier (softmax in the loss)
+    fc_layers: int = 1
+    # units of the hidden dense layers (when fc_layers > 1)
+    fc_width: int = 64
+    # (depth, init) cells trained in every seed: the claims' cells, and He at the recipe's depth (None: every cell)
+    train_cells: tuple[tuple[int, str], ...] | None = (
+        (30, "he_fan_in"),
+        (30, "glorot_fan_in"),
+        (30, "fixed"),
+        (22, "he_fan_in"),
+        (22, "glorot_fan_in"),
+        (14, "he_fan_in"),
+    )
+    # (depth, init) cells trained in the first seed only, to fill the steps-to-threshold map (None: every other
+    # cell); the cells in neither list are measured at init only (all cells are)
+    extra_cells: tuple[tuple[int, str], ...] | None = (
+        *((8, i) for i in INITS),
+        *((14, i) for i in INITS),
+        (22, "he_fan_out"),
+        (30, "he_fan_out"),
+    )
+    # stop a net at the end of the first chunk whose loss is <= loss_threshold (its curve ends there): the updates
+    # after it change no claim; stalled nets always run the whole budget. Net A of the recipe runs its whole budget
+    stop_at_threshold: bool = True
+    # SGD updates of every trained net (the budget)
+    steps: int = 400
+    # mini-batch size
+    batch_size: int = 32
+    # SGD learning rate, momentum, weight decay: one setting for every depth and init, never tuned per init
+    learning_rate: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # training loss (mean over a chunk of record_every updates) that counts as converged
+    loss_threshold: float = 0.5
+    # updates per recorded chunk of the loss curve (also Keras' steps_per_execution)
+    record_every: int = 10
+    # training examples in the at-init probe batch (forward and backward variances)
+    n_probe: int = 256
+    # depth at which H4's early-layer gradient ratio is read (VGG B, the paper's figure, has 13 layers)
+    h4_depth: int = 14
+    # VGG recipe: depth of the shallow net A, trained from N(0, fixed_std^2) (S&Z's A: 11); 0 turns the recipe off
+    recipe_a_depth: int = 3
+    # VGG recipe: SGD updates of net A
+    recipe_a_steps: int = 600
+    # VGG recipe: depth of the deeper net initialized from A, compared with He fan_in from scratch at that depth
+    recipe_depth: int = 14
+    # VGG recipe: A's first conv layers copied (matched by stage and position); S&Z copy 4, and all dense layers
+    recipe_copy_convs: int = 2
+    # VGG recipe: initializations of the deeper net's other layers, one run each ("fixed" is S&Z's own)
+    recipe_fills: tuple[str, ...] = ("fixed", "he_fan_in")
+
+
+QUICK = Config()
+PAPER = Config(
+    data="cifar10",
+    depths=(8, 11, 14, 19, 22, 30),
+    seeds=(0, 1, 2),
+    widths=(64, 128, 256, 512),
+    fc_layers=3,
+    fc_width=512,
+    train_cells=None,
+    extra_cells=(),
+    stop_at_threshold=False,
+    steps=20 * 390,
+    batch_size=128,
+    learning_rate=1e-2,
+    momentum=0.9,
+    weight_decay=5e-4,
+    record_every=50,
+    n_probe=512,
+    h4_depth=14,
+    recipe_a_depth=11,
+    recipe_a_steps=20 * 390,
+    recipe_depth=19,
+    recipe_copy_convs=4,
+    recipe_fills=("fixed", "he_fan_in"),
+)
+PROFILES = {"quick": QUICK, "paper": PAPER}
+TRIAL_KEYS = ("part", "depth", "init", "seed", "steps")
+
+
+# ------------------------------------------------------------------------------------------------------ the nets
+
+
+def make_initializer(init: str, seed: int, fixed_std: float = 0.01) -> keras.initializers.Initializer:
+    """A fresh initializer instance for one layer: a name from INITS."""
+    if init == "fixed":
+        return FixedNormal(fixed_std, seed=seed)
+    if init == "glorot_fan_in":
+        return GlorotFanIn(seed=seed)
+    if init == "glorot_avg":
+        return GlorotAvg(seed=seed)
+    if init == "he_fan_in":
+        return He(mode="fan_in", seed=seed)
+    if init == "he_fan_out":
+        return He(mode="fan_out", seed=seed)
+    raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
+
+
+def stage_sizes(n_conv: int, n_stages: int) -> list[int]:
+    """Convs per stage: an even split, the remainder to the deepest stages (VGG grows its later stages)."""
+    if n_conv < n_stages:
+        raise ValueError(f"`depth` leaves {n_conv} convs for {n_stages} stages; each stage needs one at least")
+    base, extra = divmod(n_conv, n_stages)
+    return [base + (1 if s >= n_stages - extra else 0) for s in range(n_stages)]
+
+
+def layer_names(depth: int, widths: Sequence[int] = (32,), fc_layers: int = 1) -> list[str]:
+    """Weight-layer names of `build_vgg(depth, ...)`, input side first: conv<stage>_<i> ..., fc1 ... fc<fc_layers>."""
+    if fc_layers < 1:
+        raise ValueError(f"`fc_layers` must be >= 1 (the classifier). Received: fc_layers={fc_layers}")
+    sizes = stage_sizes(depth - fc_layers, len(widths))
+    convs = [f"conv{s + 1}_{i + 1}" for s, n in enumerate(sizes) for i in range(n)]
+    return convs + [f"fc{j + 1}" for j in range(fc_layers)]
+
+
+def build_vgg(
+    input_shape: Sequence[int],
+    num_classes: int,
+    depth: int,
+    *,
+    widths: Sequence[int] = (32,),
+    fc_layers: int = 1,
+    fc_width: int = 64,
+    init: str | dict[str, str] = "he_fan_in",
+    seed: int = 0,
+    fixed_std: float = 0.01,
+    batchnorm: bool = False,
+) -> keras.Model:
+    """A plain VGG-style ReLU net of `depth` weight layers: 3x3 "same" convs in stages of `widths` channels, a 2x2
+    max-pool after every stage but the last, Flatten, `fc_layers` dense layers (the last the linear classifier).
+
+    No residuals; biases start at 0; every weight layer gets its own initializer instance seeded from
+    (seed, "layer", index). With `batchnorm=True` each conv and hidden dense layer is linear and bias-free, followed by
+    BatchNormalization (`bn...`) and a ReLU layer (`relu...`) (Ioffe & Szegedy's placement, before the nonlinearity).
+
+    Args:
+        input_shape: (height, width, channels).
+        num_classes: units of the classifier.
+        depth: weight layers, convs + dense; at least len(widths) + fc_layers.
+        widths: channels of each conv stage.
+        fc_layers: dense layers of the head, classifier included.
+        fc_width: units of the hidden dense layers.
+        init: a name from INITS for every layer, or a dict layer name -> name (layers left out use "he_fan_in").
+        seed: base seed of the per-layer initializer seeds.
+        fixed_std: std of the "fixed" initializer.
+        batchnorm: insert BatchNormalization before every ReLU.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
+        raise ValueError(f"`depth` must be an int. Received: depth={depth!r}")
+    if depth < len(widths) + fc_layers:
+        raise ValueError(
+            f"`depth` must be >= len(widths) + fc_layers = {len(widths) + fc_layers}. Received: depth={depth}"
+        )
+    names = layer_names(int(depth), widths, fc_layers)
+    per_layer = init if isinstance(init, dict) else dict.fromkeys(names, init)
+    unknown = [n for n in per_layer if n not in names]
+    if unknown:
+        raise ValueError(f"`init` names layers the net does not have: {unknown}. Layers: {names}")
+
+    def initializer(index: int, name: str):
+        return make_initializer(per_layer.get(name, "he_fan_in"), derive_seed(seed, "layer", index), fixed_std)
+
+    def relu_block(x, layer, tag: str):
+        if not batchnorm:
+            return layer(x)
+        x = layer(x)
+        x = keras.layers.BatchNormalization(name=f"bn{tag}")(x)
+        return keras.layers.Activation("relu", name=f"relu{tag}")(x)
+
+    inputs = keras.Input(tuple(input_shape), name="image")
+    x = inputs
+    sizes = stage_sizes(depth - fc_layers, len(widths))
+    index = 0
+    for s, (n, width) in enumerate(zip(sizes, widths, strict=True)):
+        for _ in range(n):
+            name = names[index]
+            conv = keras.layers.Conv2D(
+                width,
+                3,
+                padding="same",
+                activation=None if batchnorm else "relu",
+                use_bias=not batchnorm,
+                kernel_initializer=initializer(index, name),
+                bias_initializer="zeros",
+                name=name,
+            )
+            x = relu_block(x, conv, name[4:])
+            index += 1
+        if s < len(widths) - 1:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{s + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for j in range(fc_layers):
+        name = names[index]
+        last = j == fc_layers - 1
+        dense = keras.layers.Dense(
+            num_classes if last else fc_width,
+            activation=None if (last or batchnorm) else "relu",
+            use_bias=last or not batchnorm,
+            kernel_initializer=initializer(index, name),
+            bias_initializer="zeros",
+            name=name,
+        )
+        x = dense(x) if last else relu_block(x, dense, name[2:])
+        index += 1
+    return keras.Model(inputs, x, name=f"vgg{depth}{'_bn' if batchnorm else ''}")
+
+
+def weight_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The conv and dense layers of a `build_vgg` net, input side first."""
+    return [la for la in model.layers if isinstance(la, (keras.layers.Conv2D, keras.layers.Dense))]
+
+
+def transfer_layers(source: keras.Model, target: keras.Model, n_convs: int) -> list[str]:
+    """The VGG recipe's copy (Simonyan & Zisserman 3.1): the first `n_convs` conv layers of `source` and all its dense
+    layers into the layers of the same name in `target` (same stage and position in the stage), weights and biases.
+
+    Returns the names copied. Raises ValueError when a layer is missing from `target` or its shapes differ.
+    """
+    convs = [la for la in weight_layers(source) if isinstance(la, keras.layers.Conv2D)]
+    if not 0 <= n_convs <= len(convs):
+        raise ValueError(f"`n_convs` must be in [0, {len(convs)}] (the source's convs). Received: n_convs={n_convs}")
+    chosen = convs[:n_convs] + [la for la in weight_layers(source) if isinstance(la, keras.layers.Dense)]
+    target_names = {la.name for la in target.layers}
+    copied = []
+    for layer in chosen:
+        if layer.name not in target_names:
+            raise ValueError(
+                f"`target` has no layer {layer.name!r} to receive the copy. It has: {sorted(target_names)}"
+            )
+        dst = target.get_layer(layer.name)
+        src_w, dst_w = layer.get_weights(), dst.get_weights()
+        shapes = [w.shape for w in src_w], [w.shape for w in dst_w]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"layer {layer.name!r}: shapes differ, source {shapes[0]} vs target {shapes[1]}")
+        dst.set_weights(src_w)
+        copied.append(layer.name)
+    return copied
+
+
+# ---------------------------------------------------------------------------------------------------- the grid
+
+
+def check_config(cfg: Config) -> None:
+    """Raise ValueError naming the field when a Config cannot run."""
+    bad = [i for i in cfg.inits if i not in INITS]
+    if bad or not cfg.inits:
+        raise ValueError(f"`inits` must be names from {INITS}. Received: inits={cfg.inits!r}")
+    if not cfg.depths or not cfg.seeds:
+        raise ValueError(f"`depths` and `seeds` must not be empty. Received: {cfg.depths!r}, {cfg.seeds!r}")
+    for f in ("steps", "record_every", "batch_size", "n_probe"):
+        if getattr(cfg, f) < 1:
+            raise ValueError(f"`{f}` must be >= 1. Received: {f}={getattr(cfg, f)!r}")
+    if cfg.steps % cfg.record_every or (cfg.recipe_a_depth and cfg.recipe_a_steps % cfg.record_every):
+        raise ValueError(
+            f"`steps` and `recipe_a_steps` must be multiples of `record_every`={cfg.record_every}. "
+            f"Received: steps={cfg.steps}, recipe_a_steps={cfg.recipe_a_steps}"
+        )
+    for depth in (*cfg.depths, *((cfg.recipe_a_depth, cfg.recipe_depth) if cfg.recipe_a_depth else ())):
+        if depth < len(cfg.widths) + cfg.fc_layers:
+            raise ValueError(
+                f"`depths` must be >= len(widths) + fc_layers = {len(cfg.widths) + cfg.fc_layers}. Received: {depth}"
+            )
+    for field in ("train_cells", "extra_cells"):
+        for depth, init in getattr(cfg, field) or ():
+            if depth not in cfg.depths or init not in cfg.inits:
+                raise ValueError(f"`{field}` must name grid cells (depth, init). Received: {(depth, init)!r}")
+    if cfg.recipe_a_depth:
+        bad = [f for f in cfg.recipe_fills if f not in INITS]
+        if bad or not cfg.recipe_fills:
+            raise ValueError(f"`recipe_fills` must be names from {INITS}. Received: {cfg.recipe_fills!r}")
+        if cfg.recipe_depth <= cfg.recipe_a_depth:
+            raise ValueError(
+                f"`recipe_depth` must exceed `recipe_a_depth`={cfg.recipe_a_depth}. Received: {cfg.recipe_depth}"
+            )
+        n_a = cfg.recipe_a_depth - cfg.fc_layers
+        if not 0 <= cfg.recipe_copy_convs <= n_a:
+            raise ValueError(f"`recipe_copy_convs` must be in [0, {n_a}]. Received: {cfg.recipe_copy_convs}")
+
+
+def is_trained(cfg: Config, depth: int, init: str, seed: int) -> bool:
+    """Whether the grid cell (depth, init) is trained in this seed: in every seed (train_cells), in the first seed
+    (extra_cells), or not (measured at init only)."""
+    if cfg.train_cells is None or (depth, init) in cfg.train_cells:
+        return True
+    return seed == cfg.seeds[0] and (cfg.extra_cells is None or (depth, init) in cfg.extra_cells)
+
+
+def trials(cfg: Config) -> list[dict]:
+    """The grid, each trial a dict of part, depth, init, seed, steps:
+
+    - part "train": one (depth, init, seed) net trained for `steps` updates (the cells `is_trained` selects);
+    - part "recipe": one seed of the VGG recipe (net A, then the deeper net per fill), init "recipe";
+    - part "init": every init of `cfg.inits` at one (depth, seed), measured at initialization only (init "all",
+      steps 0): the same weights the "train" trials start from.
+    Longest first (training, by depth), so that a pool of workers finishes together.
+    """
+    check_config(cfg)
+    train = [
+        dict(part="train", depth=int(d), init=i, seed=int(s), steps=cfg.steps)
+        for d in cfg.depths
+        for i in cfg.inits
+        for s in cfg.seeds
+        if is_trained(cfg, d, i, s)
+    ]
+    recipe = []
+    if cfg.recipe_a_depth:
+        recipe = [
+            dict(part="recipe", depth=cfg.recipe_depth, init="recipe", seed=int(s), steps=cfg.steps) for s in cfg.seeds
+        ]
+    at_init = [dict(part="init", depth=int(d), init="all", seed=int(s), steps=0) for d in cfg.depths for s in cfg.seeds]
+    cost = {id(t): t["depth"] * t["steps"] for t in train}
+    cost.update({id(t): cfg.recipe_depth * t["steps"] * len(cfg.recipe_fills) for t in recipe})
+    return sorted(train + recipe, key=lambda t: -cost[id(t)]) + at_init
+
+
+# ---------------------------------------------------------------------------------------------------- one trial
+
+
+@functools.lru_cache(maxsize=2)
+def _data(cfg: Config):
+    from keras_initkit.datasets import load
+
+    kwargs = {"size": cfg.size} if cfg.data == "shapeset" else {}
+    return load(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test, **kwargs)
+
+
+def initialize(model: keras.Model, init: str | dict[str, str], seed: int, fixed_std: float = 0.01) -> None:
+    """Draw a `build_vgg` net's weights again, exactly as `build_vgg(..., init=init, seed=seed)` draws them: each
+    weight layer's kernel from its own initializer seeded from (seed, "layer", index), biases 0; BatchNormalization
+    layers back to gamma 1, beta 0 and their moving statistics to 0 and 1."""
+    layers = weight_layers(model)
+    names = [la.name for la in layers]
+    per_layer = init if isinstance(init, dict) else dict.fromkeys(names, init)
+    for index, layer in enumerate(layers):
+        kernel = make_initializer(per_layer.get(layer.name, "he_fan_in"), derive_seed(seed, "layer", index), fixed_std)
+        layer.kernel.assign(kernel(tuple(layer.kernel.shape), dtype=layer.kernel.dtype))
+        if layer.use_bias:
+            layer.bias.assign(keras.ops.zeros(layer.bias.shape, dtype=layer.bias.dtype))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for var, value in ((layer.gamma, 1.0), (layer.beta, 0.0), (layer.moving_mean, 0.0),
+                               (layer.moving_variance, 1.0)):  # fmt: skip
+                if var is not None:
+                    var.assign(keras.ops.full(var.shape, value, dtype=var.dtype))
+
+
+def _reset_optimizer(model: keras.Model) -> None:
+    """Optimizer state back to its start (iteration count and momenta 0); the learning rate is kept."""
+    for var in model.optimizer.variables:
+        if var.name != "learning_rate":
+            var.assign(keras.ops.zeros(var.shape, dtype=var.dtype))
+
+
+# Per process: one compiled net per architecture, with its at-init monitor. Trials draw fresh weights into it
+# (`initialize`, `_reset_optimizer`) instead of building a new one, so the train step and the monitor's probe pass
+# are traced once per depth and process, not once per trial; the tables are the same as from a fresh build.
+_NETS: dict = {}
+
+
+def _net(cfg: Config, depth: int):
+    from keras_initkit.monitor import VarianceMonitor
+
+    d = _data(cfg)
+    key = (cfg.data, cfg.n_train, cfg.size, depth, cfg.widths, cfg.fc_layers, cfg.fc_width, cfg.learning_rate,
+           cfg.momentum, cfg.weight_decay, cfg.record_every, cfg.n_probe)  # fmt: skip
+    if key not in _NETS:
+        model = build_vgg(
+            d.x_train.shape[1:], d.num_classes, depth, widths=cfg.widths, fc_layers=cfg.fc_layers,
+            fc_width=cfg.fc_width,
+        )  # fmt: skip
+        _compile(model, cfg)
+        probe = (d.x_train[: cfg.n_probe], d.y_train[: cfg.n_probe])
+        names = [la.name for la in weight_layers(model)]
+        _NETS[key] = (model, VarianceMonitor(probe=probe, layers=names, stats=["var", "std"]))
+    return _NETS[key]
+
+
+def fresh_net(cfg: Config, depth: int, init: str | dict[str, str], seed: int):
+    """(compiled model, its at-init VarianceMonitor), with the weights `build_vgg(depth, init=init, seed=seed)` has
+    and a fresh optimizer state."""
+    model, monitor = _net(cfg, depth)
+    initialize(model, init, seed, cfg.fixed_std)
+    _reset_optimizer(model)
+    return model, monitor
+
+
+def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    """An endless stream of shuffled mini-batches (a fresh permutation each pass), deterministic for the seed."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat().batch(batch_size, drop_remainder=True)
+    return ds.prefetch(2)
+
+
+class _Curve(keras.callbacks.Callback):
+    """Mean training loss of each chunk of `every` updates (Keras resets its loss mean at each epoch = chunk); stops
+    training after the first chunk at or below `stop_below` when given."""
+
+    def __init__(self, every: int, offset: int = 0, stop_below: float | None = None):
+        super().__init__()
+        self.every, self.offset, self.stop_below = every, offset, stop_below
+        self.rows: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float((logs or {}).get("loss", np.nan))
+        self.rows.append({"step": self.offset + (epoch + 1) * self.every, "loss": loss})
+        if self.stop_below is not None and loss <= self.stop_below:
+            self.model.stop_training = True
+
+
+def _compile(model: keras.Model, cfg: Config) -> None:
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=cfg.record_every,
+    )
+
+
+def _train(model: keras.Model, cfg: Config, steps: int, seed: int, offset: int = 0, stop: bool = True) -> pd.DataFrame:
+    """`steps` SGD updates (fewer when `stop` and cfg.stop_at_threshold); the curve (step, loss) with a row at step
+    `offset` for the probe batch's loss before the first update."""
+    d = _data(cfg)
+    before = _loss(model, d.x_train[: cfg.n_probe], d.y_train[: cfg.n_probe])
+    curve = _Curve(cfg.record_every, offset, cfg.loss_threshold if stop and cfg.stop_at_threshold else None)
+    model.fit(
+        _batches(d.x_train, d.y_train, cfg.batch_size, derive_seed(seed, "order", offset)),
+        epochs=steps // cfg.record_every,
+        steps_per_epoch=cfg.record_every,
+        callbacks=[curve],
+        shuffle=False,  # the stream is shuffled already
+        verbose=0,
+    )
+    return pd.DataFrame([{"step": offset, "loss": before}, *curve.rows])
+
+
+def _loss(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    logits = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def _test_error(model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    wrong = 0
+    for i in range(0, len(x), batch):
+        logits = keras.ops.convert_to_numpy(model(x[i : i + batch], training=False))
+        pred = np.where(np.isfinite(logits).all(axis=1), logits.argmax(axis=1), -1)
+        wrong += int((pred != y[i : i + batch]).sum())
+    return 100.0 * wrong / max(len(x), 1)
+
+
+def curve_outcome(curve: pd.DataFrame, num_classes: int, threshold: float) -> dict:
+    """From a loss curve (step, loss; its first row before training): updates to the threshold, final loss, stalled.
+
+    steps_to_threshold: updates until the end of the first chunk whose mean loss is <= threshold (NaN if never).
+    final_loss: mean over the last TAIL_FRACTION of the chunks. stalled: final_loss >= (1 - STALL_FRACTION) ln K,
+    or a non-finite loss (diverged).
+    """
+    start = int(curve["step"].min())
+    trained = curve[curve["step"] > start]
+    losses = trained["loss"].to_numpy(dtype=float)
+    diverged = bool(len(losses) and not np.isfinite(losses).all())
+    hit = trained.loc[trained["loss"] <= threshold, "step"]
+    n_tail = max(1, int(round(TAIL_FRACTION * len(losses)))) if len(losses) else 0
+    final = float(np.mean(losses[-n_tail:])) if n_tail else float("nan")
+    chance = math.log(num_classes)
+    return {
+        "steps_to_threshold": float(hit.iloc[0] - start) if len(hit) and not diverged else float("nan"),
+        "converged": bool(len(hit)) and not diverged,
+        "final_loss": final,
+        "stalled": diverged or bool(final >= (1.0 - STALL_FRACTION) * chance),
+        "diverged": diverged,
+        "chance_loss": chance,
+    }
+
+
+def _with_trial(frame: pd.DataFrame, trial: dict, keep: Sequence[str] = (), **extra) -> pd.DataFrame:
+    """The frame with the trial's parameters as columns (but the columns in `keep`) and `extra` ones."""
+    frame = frame.copy()
+    for key in TRIAL_KEYS:
+        if key not in keep:
+            frame[key] = trial[key]
+    for key, value in extra.items():
+        frame[key] = value
+    return frame
+
+
+def measure_at_init(model: keras.Model, monitor, probe_x: np.ndarray) -> pd.DataFrame:
+    """Per weight layer, on the monitor's probe batch: the measured variance and std of preact, activation, dC/ds and
+    dC/dW, with `theory.predict_variance`'s prediction (`predicted`) beside the variances it covers.
+
+    Columns: layer, index (0-based weight layer), kind, stat, value, diverged, predicted. The backward prediction
+    starts from the measured Var(dC/ds) of the classifier (the theory does not see the labels).
+    """
+    from keras_initkit.theory import predict_variance
+
+    frame = monitor.measure(model)
+    frame = frame[frame["kind"].isin(("preact", "activation", "grad_preact", "grad_kernel"))]
+    frame = frame.rename(columns={"depth": "index"}).drop(columns=["step", "epoch"])
+    names = [la.name for la in weight_layers(model)]
+    top = frame[(frame["layer"] == names[-1]) & (frame["kind"] == "grad_preact") & (frame["stat"] == "var")]
+    top_grad_var = float(top["value"].iloc[0]) if len(top) and float(top["value"].iloc[0]) > 0 else 1.0
+    axes = tuple(range(probe_x.ndim - 1))
+    predicted = predict_variance(
+        model,
+        input_var=probe_x.var(axis=axes, dtype=np.float64),
+        input_mean=probe_x.mean(axis=axes, dtype=np.float64),
+        top_grad_var=top_grad_var,
+        layers=names,
+    )
+    predicted = predicted[["layer", "kind", "value"]].rename(columns={"value": "predicted"}).assign(stat="var")
+    return frame.merge(predicted, on=["layer", "kind", "stat"], how="left").reset_index(drop=True)
+
+
+def _init_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
+    d = _data(cfg)
+    frames = []
+    for init in cfg.inits:
+        model, monitor = fresh_net(cfg, trial["depth"], init, int(trial["seed"]))
+        frames.append(measure_at_init(model, monitor, d.x_train[: cfg.n_probe]).assign(init=init))
+    return {"layers": _with_trial(pd.concat(frames, ignore_index=True), trial, keep=("init",))}
+
+
+def _train_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
+    start = time.perf_counter()
+    d = _data(cfg)
+    seed = int(trial["seed"])
+    model, _ = fresh_net(cfg, trial["depth"], trial["init"], seed)
+    curve = _train(model, cfg, trial["steps"], seed)
+    final = {
+        **curve_outcome(curve, d.num_classes, cfg.loss_threshold),
+        "test_err": _test_error(model, d.x_test, d.y_test),
+        "wall_s": time.perf_counter() - start,
+    }
+    return {
+        "curves": _with_trial(curve, trial, phase="scratch"),
+        "final": _with_trial(pd.DataFrame([final]), trial, phase="scratch", a_steps=0, copied=""),
+    }
+
+
+def _recipe_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
+    """Net A from N(0, fixed_std^2), then one deeper net per fill, initialized from A (`transfer_layers`)."""
+    d = _data(cfg)
+    seed = int(trial["seed"])
+    start = time.perf_counter()
+    net_a, _ = fresh_net(cfg, cfg.recipe_a_depth, "fixed", derive_seed(seed, "net A"))
+    curve_a = _train(net_a, cfg, cfg.recipe_a_steps, derive_seed(seed, "net A"), stop=False)
+    curves = [curve_a.assign(phase="A")]
+    finals = [
+        {**curve_outcome(curve_a, d.num_classes, cfg.loss_threshold), "phase": "A", "a_steps": 0,
+         "test_err": _test_error(net_a, d.x_test, d.y_test), "wall_s": time.perf_counter() - start, "copied": ""}
+    ]  # fmt: skip
+    for fill in cfg.recipe_fills:
+        start = time.perf_counter()
+        deep, _ = fresh_net(cfg, trial["depth"], fill, seed)
+        copied = transfer_layers(net_a, deep, cfg.recipe_copy_convs)
+        curve = _train(deep, cfg, trial["steps"], seed, offset=cfg.recipe_a_steps)
+        phase = f"recipe_{fill}"
+        curves.append(curve.assign(phase=phase))
+        finals.append(
+            {**curve_outcome(curve, d.num_classes, cfg.loss_threshold), "phase": phase, "a_steps": cfg.recipe_a_steps,
+             "test_err": _test_error(deep, d.x_test, d.y_test), "wall_s": time.perf_counter() - start,
+             "copied": ",".join(copied)}
+        )  # fmt: skip
+    return {
+        "curves": _with_trial(pd.concat(curves, ignore_index=True), trial, a_depth=cfg.recipe_a_depth),
+        "final": _with_trial(pd.DataFrame(finals), trial),
+    }
+
+
+def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
+    """One trial of `trials(cfg)`: part "init" (at-init variances of every init at one depth and seed), "train"
+    (one net trained) or "recipe" (one seed of the VGG recipe).
+
+    Tables: "layers" (at init, per init, weight layer and kind, with theory's prediction), "curves" (step, loss,
+    phase), "final" (updates to the threshold, final loss, stalled, test error), with the trial's parameters as
+    columns.
+    """
+    keras.utils.set_random_seed(derive_seed(int(trial["seed"]), "trial", trial["part"], trial["depth"], trial["init"]))
+    part = trial.get("part")
+    if part == "init":
+        return _init_trial(cfg, trial)
+    if part == "train":
+        return _train_trial(cfg, trial)
+    if part == "recipe":
+        return _recipe_trial(cfg, trial)
+    raise ValueError(f"trial `part` must be 'init', 'train' or 'recipe'. Received: part={part!r}")
+
+
+# ------------------------------------------------------------------------------------------ summaries and claims
+
+
+def layer_factor(index: Sequence[float], values: Sequence[float]) -> float:
+    """exp(slope) of a least-squares line through ln(values) against the layer index: the average factor per layer.
+
+    Values that are not finite or not above UNDERFLOW are left out; NaN when fewer than two remain.
+    """
+    i = np.asarray(index, dtype=float)
+    v = np.asarray(values, dtype=float)
+    keep = np.isfinite(v) & (v > UNDERFLOW)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.exp(np.polyfit(i[keep], np.log(v[keep]), 1)[0]))
+
+
+def depth_factors(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per grid trial and kind (preact, grad_preact): the measured and predicted per-layer factor of the variance over
+    the conv layers after the first (going up; `factor_down` = 1 / factor for the gradients going down)."""
+    sel = layers[
+        (layers["kind"].isin(("preact", "grad_preact")))
+        & (layers["stat"] == "var")
+        & (layers["layer"].str.startswith("conv"))
+        & (layers["index"] >= 1)
+    ]
+    rows = []
+    for key, group in sel.groupby(["depth", "init", "seed", "kind"], sort=True):
+        group = group.sort_values("index")
+        factor = layer_factor(group["index"], group["value"])
+        predicted = layer_factor(group["index"], group["predicted"]) if "predicted" in group else float("nan")
+        rows.append(
+            {
+                **dict(zip(("depth", "init", "seed", "kind"), key, strict=True)),
+                "factor": factor,
+                "predicted": predicted,
+                "factor_down": 1.0 / factor,
+                "n_layers": int((group["value"] > UNDERFLOW).sum()),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["depth", "init", "seed", "kind", "factor", "predicted", "factor_down", "n_layers"]
+    )
+
+
+def gradient_ratio(layers: pd.DataFrame, reference: str = "he_fan_in", layer: str | None = None) -> pd.DataFrame:
+    """Per depth, seed and init: std of dC/ds (and of dC/dW) at the second weight layer (conv2, the paper's) divided
+    by the reference init's, same depth and seed."""
+    sel = layers[(layers["stat"] == "std") & layers["kind"].isin(("grad_preact", "grad_kernel"))]
+    sel = sel[sel["layer"] == layer] if layer is not None else sel[sel["index"] == 1]
+    table = sel.pivot_table(index=["depth", "seed", "kind"], columns="init", values="value", aggfunc="first")
+    if reference not in table.columns:
+        return pd.DataFrame(columns=["depth", "seed", "kind", "init", "std", "ratio"])
+    ratio = table.div(table[reference], axis=0)
+    out = (
+        ratio.stack()
+        .rename("ratio")
+        .reset_index()
+        .merge(table.stack().rename("std").reset_index(), on=["depth", "seed", "kind", "init"])
+    )
+    return out[["depth", "seed", "kind", "init", "std", "ratio"]]
+
+
+def training_table(final: pd.DataFrame) -> pd.DataFrame:
+    """Per (phase, depth, init): seeds, converged and stalled counts, steps to threshold and final loss spread."""
+    if final is None or len(final) == 0:
+        return pd.DataFrame()
+    out = final.groupby(["phase", "depth", "init"], as_index=False, sort=True).agg(
+        n=("seed", "size"),
+        converged=("converged", "sum"),
+        stalled=("stalled", "sum"),
+        steps_mean=("steps_to_threshold", "mean"),
+        steps_std=("steps_to_threshold", "std"),
+        steps_min=("steps_to_threshold", "min"),
+        steps_max=("steps_to_threshold", "max"),
+        final_loss_mean=("final_loss", "mean"),
+        final_loss_std=("final_loss", "std"),
+        test_err_mean=("test_err", "mean"),
+        a_steps=("a_steps", "max"),
+    )
+    return out
+
+
+def recipe_table(final: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The VGG recipe per seed beside He fan_in from scratch at the same depth: updates to the threshold of the deep
+    net, and in total counting net A's updates."""
+    if final is None or len(final) == 0 or not cfg.recipe_a_depth:
+        return pd.DataFrame()
+    rec = final[final["part"] == "recipe"]
+    he = final[(final["part"] == "train") & (final["depth"] == cfg.recipe_depth) & (final["init"] == "he_fan_in")]
+    rows = []
+    for seed in sorted(set(rec["seed"]) | set(he["seed"])):
+        r = rec[rec["seed"] == seed].set_index("phase")
+        h = he[he["seed"] == seed]
+        row = {"seed": int(seed)}
+        if "A" in r.index:
+            row.update(a_final_loss=r.at["A", "final_loss"], a_steps_to_threshold=r.at["A", "steps_to_threshold"])
+        for fill in cfg.recipe_fills:
+            p = f"recipe_{fill}"
+            if p in r.index:
+                row[f"{fill}_steps"] = r.at[p, "steps_to_threshold"]
+                row[f"{fill}_total"] = r.at[p, "steps_to_threshold"] + r.at[p, "a_steps"]
+                row[f"{fill}_final_loss"] = r.at[p, "final_loss"]
+        if len(h):
+            row["he_scratch_steps"] = float(h["steps_to_threshold"].iloc[0])
+            row["he_scratch_final_loss"] = float(h["final_loss"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _spread(values) -> str:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return "none"
+    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return f"{np.mean(v):.3g} ± {std:.2g} [{np.min(v):.3g}, {np.max(v):.3g}] (n={len(v)})"
+
+
+def _claim(claim: str, status: str, measured: str, paper: str) -> dict:
+    return {"claim": claim, "statement": CLAIMS[claim], "rule": RULES[claim], "measured": measured, "paper": paper,
+            "status": status}  # fmt: skip
+
+
+def claim_h1(factors: pd.DataFrame) -> dict:
+    """H1 from `depth_factors` (see RULES["H1"])."""
+    paper = "rho = 1/2 (fan-in Xavier), 1 (He), 1/2 n 1e-4 (N(0, 0.01)) per layer (He et al. Eq 7, 10)"
+    pre = factors[factors["kind"] == "preact"] if len(factors) else factors
+    need = ("glorot_fan_in", "he_fan_in", "fixed")
+    if len(pre) == 0 or any(not (pre["init"] == i).any() for i in need):
+        return _claim("H1", "N/A", f"needs at-init trials of {need}", paper)
+    fan_in = pre[pre["init"] == "glorot_fan_in"]
+    he = pre[pre["init"] == "he_fan_in"]
+    fixed = pre[pre["init"] == "fixed"].merge(
+        fan_in[["depth", "seed", "factor"]], on=["depth", "seed"], suffixes=("", "_fan_in")
+    )
+    halves = fan_in["factor"].between(HALF_LOW, HALF_HIGH, inclusive="neither")
+    flat = he["factor"].between(FLAT_LOW, FLAT_HIGH, inclusive="neither")
+    faster = fixed["factor"] < fixed["factor_fan_in"]
+    ok = bool(halves.all() and flat.all() and faster.all() and len(fixed))
+    measured = (
+        f"GlorotFanIn rho = {_spread(fan_in['factor'])} ({int(halves.sum())}/{len(fan_in)} halve; predicted "
+        f"{_spread(fan_in['predicted'])}); He fan_in rho = {_spread(he['factor'])} ({int(flat.sum())}/{len(he)} "
+        f"constant; predicted {_spread(he['predicted'])}); FixedNormal rho = {_spread(fixed['factor'])} "
+        f"({int(faster.sum())}/{len(fixed)} below GlorotFanIn's; predicted {_spread(fixed['predicted'])})"
+    )
+    return _claim("H1", "PASS" if ok else "FAIL", measured, paper)
+
+
+def _cell(final: pd.DataFrame, depth: int, init: str) -> pd.DataFrame:
+    return final[(final["part"] == "train") & (final["depth"] == depth) & (final["init"] == init)]
+
+
+def _outcome_text(rows: pd.DataFrame, label: str) -> str:
+    return (
+        f"{label}: {int(rows['converged'].sum())}/{len(rows)} reach the threshold after "
+        f"{_spread(rows['steps_to_threshold'])} updates, {int(rows['stalled'].sum())}/{len(rows)} stalled, final loss "
+        f"{_spread(rows['final_loss'])}"
+    )
+
+
+def claim_h2(final: pd.DataFrame, depth: int = 30) -> dict:
+    """H2 (see RULES["H2"])."""
+    paper = "30 layers (27 conv + 3 fc): He converges; Xavier 'completely stalls' (He et al. Fig 3)"
+    he, xavier = _cell(final, depth, "he_fan_in"), _cell(final, depth, "glorot_fan_in")
+    if len(he) == 0 or len(xavier) == 0:
+        return _claim("H2", "N/A", f"no trained He fan_in and GlorotFanIn nets of depth {depth}", paper)
+    ok = bool(he["converged"].all() and xavier["stalled"].all())
+    measured = f"depth {depth}: " + _outcome_text(he, "He fan_in") + "; " + _outcome_text(xavier, "GlorotFanIn")
+    return _claim("H2", "PASS" if ok else "FAIL", measured, paper)
+
+
+def claim_h3(final: pd.DataFrame, depth: int = 22) -> dict:
+    """H3 (see RULES["H3"])."""
+    paper = "22 layers: both converge, He starts reducing the error earlier (He et al. Fig 2)"
+    he, xavier = _cell(final, depth, "he_fan_in"), _cell(final, depth, "glorot_fan_in")
+    if len(he) == 0 or len(xavier) == 0:
+        return _claim("H3", "N/A", f"no trained He fan_in and GlorotFanIn nets of depth {depth}", paper)
+    both = bool(he["converged"].all() and xavier["converged"].all())
+    paired = he[["seed", "steps_to_threshold"]].merge(xavier[["seed", "steps_to_threshold"]], on="seed")
+    faster = paired["steps_to_threshold_x"] < paired["steps_to_threshold_y"]
+    ok = both and len(paired) > 0 and bool(faster.all())
+    measured = (
+        f"depth {depth}: "
+        + _outcome_text(he, "He fan_in")
+        + "; "
+        + _outcome_text(xavier, "GlorotFanIn")
+        + f"; He first in {int(faster.sum())}/{len(paired)} seeds"
+        + _shallower_context(final, depth)
+    )
+    return _claim("H3", "PASS" if ok else "FAIL", measured, paper)
+
+
+def _shallower_context(final: pd.DataFrame, depth: int) -> str:
+    """For the record (not part of the rule): the other trained depths with both He fan_in and GlorotFanIn."""
+    parts = []
+    for d in sorted(set(final.loc[final["part"] == "train", "depth"]) - {depth}):
+        he, xavier = _cell(final, d, "he_fan_in"), _cell(final, d, "glorot_fan_in")
+        if len(he) and len(xavier):
+            parts.append(
+                f"{d} layers: He {int(he['converged'].sum())}/{len(he)} at {_mean(he['steps_to_threshold'])}, "
+                f"GlorotFanIn {int(xavier['converged'].sum())}/{len(xavier)} at {_mean(xavier['steps_to_threshold'])}"
+            )
+    return f" (other depths, not part of the rule: {'; '.join(parts)})" if parts else ""
+
+
+def _mean(values) -> str:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return f"{np.mean(v):.0f} updates" if len(v) else "never"
+
+
+def claim_h4(final: pd.DataFrame, ratios: pd.DataFrame, h4_depth: int, depth: int = 30) -> dict:
+    """H4 (see RULES["H4"])."""
+    paper = f"VGG B (13 layers): gradient at conv2 {PAPER_H4:.2g} (1/1.7e4) of He's; deep N(0, 0.01) nets stall"
+    fixed = _cell(final, depth, "fixed") if len(final) else final
+    sel = ratios[(ratios["init"] == "fixed") & (ratios["depth"] == h4_depth) & (ratios["kind"] == "grad_preact")]
+    if len(fixed) == 0 or len(sel) == 0:
+        return _claim(
+            "H4", "N/A", f"needs trained FixedNormal nets of depth {depth} and at-init depth {h4_depth}", paper
+        )
+    stalled = fixed["stalled"]
+    small = sel["ratio"] < H4_MAX_RATIO
+    ok = bool(stalled.all() and small.all())
+    kernel = ratios[(ratios["init"] == "fixed") & (ratios["depth"] == h4_depth) & (ratios["kind"] == "grad_kernel")]
+    measured = (
+        f"(a) depth {depth}: {_outcome_text(fixed, 'FixedNormal')}; (b) depth {h4_depth}: std dC/ds at conv2 "
+        f"FixedNormal / He = {_spread(sel['ratio'])} ({int(small.sum())}/{len(sel)} below {H4_MAX_RATIO:g}); dC/dW "
+        f"ratio {_spread(kernel['ratio'])}"
+    )
+    return _claim("H4", "PASS" if ok else "FAIL", measured, paper)
+
+
+def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Summary tables (per-layer factors, gradient ratios, training outcomes, recipe) and the claims."""
+    layers = tables.get("layers", pd.DataFrame())
+    final = tables.get("final", pd.DataFrame(columns=["part", "depth", "init", "seed", "phase"]))
+    factors = depth_factors(layers) if len(layers) else depth_factors(_empty_layers())
+    ratios = gradient_ratio(layers) if len(layers) else gradient_ratio(_empty_layers())
+    factor_summary = factors.groupby(["kind", "init", "depth"], as_index=False, sort=True).agg(
+        n=("factor", "size"),
+        factor_mean=("factor", "mean"),
+        factor_std=("factor", "std"),
+        predicted=("predicted", "mean"),
+    )
+    ratio_summary = (
+        ratios[ratios["init"] != "he_fan_in"]
+        .groupby(["kind", "init", "depth"], as_index=False)
+        .agg(n=("ratio", "size"), ratio_mean=("ratio", "mean"), ratio_min=("ratio", "min"), ratio_max=("ratio", "max"))
+    )
+    deepest = max(cfg.depths)
+    claims = pd.DataFrame(
+        [
+            claim_h1(factors),
+            claim_h2(final, deepest),
+            claim_h3(final, 22),
+            claim_h4(final, ratios, cfg.h4_depth, deepest),
+        ]
+    )
+    return {
+        "claims": claims,
+        "training": training_table(final),
+        "recipe": recipe_table(final, cfg),
+        "depth_factors": factor_summary,
+        "gradient_ratio": ratio_summary,
+    }
+
+
+def _empty_layers() -> pd.DataFrame:
+    return pd.DataFrame(
+        columns=["layer", "index", "kind", "stat", "value", "diverged", "predicted", "depth", "init", "seed"]
+    )
+
+
+def run(cfg: Config) -> dict[str, pd.DataFrame]:
+    """Serial run of the whole study in this process: the concatenated trial tables and summarize(cfg, them)."""
+    per_trial: dict[str, list[pd.DataFrame]] = {}
+    for trial in trials(cfg):
+        keras.backend.clear_session()
+        for name, frame in run_trial(cfg, trial).items():
+            per_trial.setdefault(name, []).append(frame)
+    tables = {name: pd.concat(frames, ignore_index=True) for name, frames in per_trial.items()}
+    return {**tables, **summarize(cfg, tables)}
+
+
+# ------------------------------------------------------------------------------------------------------- figures
+
+
+def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> dict:
+    """Figures from the saved tables: variance vs depth (measured and predicted), loss curves faceted by depth,
+    the steps-to-threshold heat map (stalled cells marked) and the recipe's curves."""
+    figures = {}
+    layers = tables.get("layers")
+    if layers is not None and len(layers):
+        figures["variance_vs_depth"] = plot_variance(layers)
+    curves = tables.get("curves")
+    if curves is not None and len(curves):
+        figures["loss_curves"] = plot_curves(curves)
+        if (curves["part"] == "recipe").any():
+            figures["recipe"] = plot_recipe(curves)
+    final = tables.get("final")
+    if final is not None and len(final):
+        figures["steps_heatmap"] = plot_heatmap(final, layers)
+    return figures
+
+
+# Okabe-Ito colours, He fan_in in black so that it stands apart from the two Glorot inits
+COLORS = {"fixed": "#0072b2", "glorot_fan_in": "#e69f00", "glorot_avg": "#009e73", "he_fan_in": "#000000",
+          "he_fan_out": "#cc79a7"}  # fmt: skip
+VARIANCE_FLOOR = 1e-18  # lower end of the variance axes: FixedNormal goes on below it
+
+
+def _palette():
+    return {INIT_LABELS[i]: COLORS[i] for i in INITS}
+
+
+def plot_variance(layers: pd.DataFrame):
+    """Var(preact) going up and Var(dC/ds) going down, per layer, one column per depth: measured (mean over seeds,
+    solid, band = min..max) and theory's prediction (dashed), log scale."""
+    import matplotlib.pyplot as plt
+
+    sel = layers[(layers["stat"] == "var") & layers["kind"].isin(("preact", "grad_preact"))].copy()
+    sel["label"] = sel["init"].map(INIT_LABELS)
+    depths = sorted(sel["depth"].unique())
+    kinds = [("preact", "Var(preact s), forward"), ("grad_preact", "Var(dC/ds), backward")]
+    palette = _palette()
+    fig, axes = plt.subplots(2, len(depths), figsize=(3.6 * len(depths), 6.4), squeeze=False, sharey="row")
+    for col, depth in enumerate(depths):
+        for row, (kind, title) in enumerate(kinds):
+            ax = axes[row][col]
+            sub = sel[(sel["depth"] == depth) & (sel["kind"] == kind)]
+            for label, g in sub.groupby("label", sort=False):
+                g = g[g["value"] > UNDERFLOW]
+                stats = g.groupby("index")["value"].agg(["mean", "min", "max"])
+                color = palette.get(label)
+                ax.plot(stats.index + 1, stats["mean"], color=color, lw=1.6, label=label)
+                ax.fill_between(stats.index + 1, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+                if "predicted" in g and g["predicted"].notna().any():
+                    pred = g.groupby("index")["predicted"].mean()
+                    pred = pred[pred > UNDERFLOW]
+                    ax.plot(pred.index + 1, pred, color=color, lw=1.0, ls="--")
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=VARIANCE_FLOOR)
+            ax.set_title(f"{depth} layers: {title}", fontsize=9)
+            ax.set_xlabel("weight layer (input side first)")
+            ax.grid(alpha=0.3, which="major")
+        axes[0][0].set_ylabel("variance")
+        axes[1][0].set_ylabel("variance")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="grey", ls="--"))
+    labels.append("theory (predict_variance)")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    title = "At initialization, per weight layer: measured (solid, band = seeds' range) and predicted by "
+    title += f"theory.predict_variance (dashed); FixedNormal continues below {VARIANCE_FLOOR:g}"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    return fig
+
+
+def plot_curves(curves: pd.DataFrame):
+    """Training loss per depth (one panel each) and init (colour); one thin line per seed, ln K dotted."""
+    import matplotlib.pyplot as plt
+
+    sel = curves[curves["part"] == "train"].copy()
+    sel["label"] = sel["init"].map(INIT_LABELS)
+    depths = sorted(sel["depth"].unique())
+    palette = _palette()
+    fig, axes = plt.subplots(1, len(depths), figsize=(3.8 * len(depths), 3.4), squeeze=False, sharey=True)
+    for ax, depth in zip(axes[0], depths, strict=True):
+        sub = sel[sel["depth"] == depth]
+        for (label, _seed), g in sub.groupby(["label", "seed"], sort=False):
+            ax.plot(g["step"], g["loss"], color=palette.get(label), lw=1.0, alpha=0.8)
+        ax.set_title(f"{depth} layers", fontsize=10)
+        ax.set_xlabel("SGD updates")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss (chunk mean)")
+    labels = [INIT_LABELS[i] for i in INITS if INIT_LABELS[i] in set(sel["label"])]
+    handles = [plt.Line2D([], [], color=palette[la]) for la in labels]
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    stop = "; a net stops once it reaches the loss threshold" if _stopped_early(sel) else ""
+    fig.suptitle(f"Training loss per depth x init (one line per seed{stop})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return fig
+
+
+def _stopped_early(curves: pd.DataFrame) -> bool:
+    """Whether some training curve ends before its budget (Config.stop_at_threshold)."""
+    ends = curves.groupby(["depth", "init", "seed"])["step"].max()
+    budget = curves.groupby(["depth", "init", "seed"])["steps"].first()
+    return bool((ends < budget).any())
+
+
+def plot_heatmap(final: pd.DataFrame, layers: pd.DataFrame | None = None):
+    """Mean updates to the loss threshold per depth x init; "stalled" where every seed stalled, "slow" where some
+    seed neither reached the threshold nor stalled, "-" where the cell was measured at init only."""
+    import matplotlib.pyplot as plt
+
+    grid = final[final["part"] == "train"]
+    depths = sorted(set(grid["depth"]) | (set(layers["depth"]) if layers is not None and len(layers) else set()))
+    inits = [i for i in INITS if i in set(grid["init"]) | (set(layers["init"]) if layers is not None else set())]
+    values = np.full((len(depths), len(inits)), np.nan)
+    text = [["-"] * len(inits) for _ in depths]
+    for r, depth in enumerate(depths):
+        for c, init in enumerate(inits):
+            cell = grid[(grid["depth"] == depth) & (grid["init"] == init)]
+            if len(cell) == 0:
+                continue
+            n, hit, stalled = len(cell), int(cell["converged"].sum()), int(cell["stalled"].sum())
+            if hit:
+                values[r, c] = cell["steps_to_threshold"].mean()
+                text[r][c] = f"{values[r, c]:.0f}\n({hit}/{n} seeds)"
+            elif stalled == n:
+                text[r][c] = f"stalled\n({n}/{n})"
+            else:
+                text[r][c] = f"slow\n(0/{n} reached)"
+    fig, ax = plt.subplots(figsize=(1.6 * len(inits) + 1.5, 0.8 * len(depths) + 1.4))
+    masked = np.ma.masked_invalid(values)
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="#dddddd")
+    im = ax.imshow(masked, cmap=cmap, aspect="auto")
+    for r in range(len(depths)):
+        for c in range(len(inits)):
+            stalled = text[r][c].startswith("stalled")
+            ax.text(c, r, text[r][c], ha="center", va="center", fontsize=8, color="#b00000" if stalled else "black")
+    ax.set_xticks(range(len(inits)), [INIT_LABELS[i] for i in inits], rotation=20)
+    ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+    ax.set_ylabel("depth (weight layers)")
+    fig.colorbar(im, ax=ax, label="updates to the loss threshold (mean over seeds that reached it)")
+    ax.set_title("Updates to the loss threshold; grey: never reached ('-' = not trained)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_recipe(curves: pd.DataFrame):
+    """The VGG recipe: net A (N(0, 0.01)), then the deeper nets initialized from it (updates counted from A's
+    start), beside He fan_in from scratch at the deeper depth."""
+    import matplotlib.pyplot as plt
+
+    rec = curves[curves["part"] == "recipe"]
+    depth = int(rec["depth"].iloc[0])
+    he = curves[(curves["part"] == "train") & (curves["depth"] == depth) & (curves["init"] == "he_fan_in")]
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    styles = {"A": ("#777777", "net A, N(0, 0.01)")}
+    colors = ["#d55e00", "#0072b2", "#009e73", "#cc79a7"]
+    phases = [p for p in dict.fromkeys(rec["phase"]) if p != "A"]
+    for k, p in enumerate(phases):
+        fill = p.removeprefix("recipe_")
+        styles[p] = (colors[k % len(colors)], f"{depth} layers from A, other layers {INIT_LABELS.get(fill, fill)}")
+    for (phase, _seed), g in rec.groupby(["phase", "seed"], sort=False):
+        color, _ = styles[phase]
+        ax.plot(g["step"], g["loss"], color=color, lw=1.0, alpha=0.8)
+    for _seed, g in he.groupby("seed"):
+        ax.plot(g["step"], g["loss"], color="#000000", lw=1.0, ls="--", alpha=0.9)
+    handles = [plt.Line2D([], [], color=c) for c, _ in styles.values()]
+    labels = [la for _, la in styles.values()]
+    a_depth = int(rec["a_depth"].iloc[0]) if "a_depth" in rec else None
+    labels[0] = f"net A ({a_depth} layers), N(0, 0.01)" if a_depth else labels[0]
+    if len(he):
+        handles.append(plt.Line2D([], [], color="#000000", ls="--"))
+        labels.append(f"{depth} layers, He fan_in from scratch")
+    ax.legend(handles, labels, fontsize=8, loc="center right", bbox_to_anchor=(1.0, 0.62), framealpha=0.9)
+    ax.set_xlabel("SGD updates (the deep nets start after net A's)")
+    ax.set_ylabel("training loss (chunk mean)")
+    ax.set_title("VGG recipe (Simonyan & Zisserman 3.1) vs He init from scratch; one line per seed", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    import keras_initkit.study
+
+    return keras_initkit.study.main(NAME, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,332 @@
+"""Tests of studies/vgg_depth.py: the model builder, the recipe's copy, the claim rules, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from studies import vgg_depth as v
+
+# --------------------------------------------------------------------------------------------------- the builder
+
+
+@pytest.mark.parametrize(
+    ("depth", "widths", "fc_layers", "convs_per_stage"),
+    [(8, (32,), 1, [7]), (30, (32,), 1, [29]), (11, (8, 16, 16, 32, 32), 3, [1, 1, 2, 2, 2]), (14, (4, 8), 2, [6, 6])],
+)
+def test_build_vgg_layers(depth, widths, fc_layers, convs_per_stage):
+    model = v.build_vgg((32, 32, 3), 10, depth, widths=widths, fc_layers=fc_layers, fc_width=16, init="he_fan_in")
+    weights = v.weight_layers(model)
+    convs = [la for la in weights if isinstance(la, keras.layers.Conv2D)]
+    dense = [la for la in weights if isinstance(la, keras.layers.Dense)]
+    assert len(weights) == depth
+    assert len(convs) == depth - fc_layers and len(dense) == fc_layers
+    assert [la.name for la in weights] == v.layer_names(depth, widths, fc_layers)
+    for s, n in enumerate(convs_per_stage):
+        stage = [la for la in convs if la.name.startswith(f"conv{s + 1}_")]
+        assert len(stage) == n and all(la.filters == widths[s] for la in stage)
+    assert all(
+        la.kernel_size == (3, 3) and la.padding == "same" and la.activation is keras.activations.relu for la in convs
+    )
+    assert sum(isinstance(la, keras.layers.MaxPooling2D) for la in model.layers) == len(widths) - 1
+    assert not any(isinstance(la, keras.layers.BatchNormalization) for la in model.layers)
+    assert dense[-1].units == 10 and dense[-1].activation is keras.activations.linear
+    assert all(la.activation is keras.activations.relu for la in dense[:-1])
+    # no residuals: a chain, each layer fed by the one before it
+    layers = model.layers[1:]
+    assert all(b.input is a.output for a, b in zip(layers[:-1], layers[1:], strict=True))
+    # every layer has its own initializer seed: two square conv kernels are not equal
+    k1, k2 = (np.asarray(la.kernel) for la in convs[-2:])
+    if k1.shape == k2.shape:
+        assert not np.allclose(k1, k2)
+
+
+def test_build_vgg_batchnorm():
+    model = v.build_vgg((8, 8, 1), 10, 5, widths=(8,), fc_layers=2, fc_width=8, init="fixed", batchnorm=True)
+    bn = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    relu = [la for la in model.layers if isinstance(la, keras.layers.Activation)]
+    assert len(bn) == len(relu) == 4  # 3 convs + 1 hidden dense; none after the classifier
+    hidden = v.weight_layers(model)[:-1]
+    assert all(not la.use_bias and la.activation is keras.activations.linear for la in hidden)
+    assert v.weight_layers(model)[-1].use_bias
+
+
+def test_build_vgg_initializer_scales():
+    """Each init gives its stated Var(W) for a 3x3x32x32 conv (fan 288): 1e-4, 1/288, 2/288."""
+    expect = {
+        "fixed": 1e-4,
+        "glorot_fan_in": 1 / 288,
+        "glorot_avg": 1 / 288,
+        "he_fan_in": 2 / 288,
+        "he_fan_out": 2 / 288,
+    }
+    for init, var in expect.items():
+        model = v.build_vgg((8, 8, 1), 10, 12, widths=(32,), init=init, seed=3)
+        w = np.concatenate([np.asarray(la.kernel).ravel() for la in v.weight_layers(model)[1:-1]])
+        se = var * math.sqrt(2.0 / len(w))  # of a sample variance (Gaussian; uniform is smaller)
+        assert abs(w.var() - var) < 5 * se, init
+
+
+def test_build_vgg_errors():
+    with pytest.raises(ValueError, match="depth"):
+        v.build_vgg((8, 8, 1), 10, 2, widths=(8, 8), fc_layers=1)
+    with pytest.raises(ValueError, match="init"):
+        v.build_vgg((8, 8, 1), 10, 4, widths=(8,), init="xavier")
+    with pytest.raises(ValueError, match="init"):
+        v.build_vgg((8, 8, 1), 10, 4, widths=(8,), init={"conv9_9": "fixed"})
+
+
+def test_initialize_draws_the_built_weights():
+    """`initialize` on a net of other weights gives exactly the weights `build_vgg` draws (the per-process cache)."""
+    kw = dict(widths=(8, 16), fc_layers=2, fc_width=8)
+    built = v.build_vgg((8, 8, 1), 10, 6, init="glorot_avg", seed=7, **kw)
+    other = v.build_vgg((8, 8, 1), 10, 6, init="fixed", seed=1, **kw)
+    for la in v.weight_layers(other):
+        la.bias.assign(np.ones(la.bias.shape, "float32"))
+    v.initialize(other, "glorot_avg", seed=7)
+    for a, b in zip(built.get_weights(), other.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_transfer_layers_copies_first_convs_and_head():
+    a = v.build_vgg((8, 8, 1), 10, 4, widths=(8, 8), fc_layers=2, fc_width=8, init="he_fan_in", seed=1)
+    deep = v.build_vgg((8, 8, 1), 10, 8, widths=(8, 8), fc_layers=2, fc_width=8, init="fixed", seed=2)
+    for la in v.weight_layers(a):  # trained-looking biases, so that they are checked too
+        la.bias.assign(np.full(la.bias.shape, 0.5, "float32"))
+    before = {la.name: [w.copy() for w in la.get_weights()] for la in v.weight_layers(deep)}
+    copied = v.transfer_layers(a, deep, n_convs=1)
+    # A's convs: conv1_1, conv2_1 (one per stage); the first is copied, and the dense head fc1, fc2
+    assert copied == ["conv1_1", "fc1", "fc2"]
+    for la in v.weight_layers(deep):
+        src = a.get_layer(la.name).get_weights() if la.name in copied else before[la.name]
+        for w, s in zip(la.get_weights(), src, strict=True):
+            np.testing.assert_array_equal(w, s)
+    assert not np.array_equal(deep.get_layer("conv2_1").kernel, a.get_layer("conv2_1").kernel)
+    # by stage and position: A's conv2_1 (8 -> 8 after the pool) lands on the deep net's conv2_1
+    assert v.transfer_layers(a, deep, n_convs=2)[:2] == ["conv1_1", "conv2_1"]
+    np.testing.assert_array_equal(deep.get_layer("conv2_1").kernel, a.get_layer("conv2_1").kernel)
+
+
+def test_transfer_layers_errors():
+    a = v.build_vgg((8, 8, 1), 10, 3, widths=(8,), init="fixed")
+    wide = v.build_vgg((8, 8, 1), 10, 5, widths=(16,), init="fixed")
+    with pytest.raises(ValueError, match="shapes differ"):
+        v.transfer_layers(a, wide, 1)
+    with pytest.raises(ValueError, match="n_convs"):
+        v.transfer_layers(a, wide, 3)
+
+
+# ----------------------------------------------------------------------------------------------- outcomes, rules
+
+
+def _curve(losses, start=0, every=10):
+    return pd.DataFrame({"step": start + every * np.arange(len(losses)), "loss": losses})
+
+
+def test_curve_outcome():
+    ln10 = math.log(10)
+    out = v.curve_outcome(_curve([2.3, 1.5, 0.7, 0.45, 0.2] + [0.1] * 5), 10, 0.5)
+    assert out["converged"] and out["steps_to_threshold"] == 30 and not out["stalled"]
+    assert out["final_loss"] == pytest.approx(0.1)
+    flat = v.curve_outcome(_curve([ln10] * 11), 10, 0.5)
+    assert flat["stalled"] and not flat["converged"] and math.isnan(flat["steps_to_threshold"])
+    slow = v.curve_outcome(_curve([2.3] * 6 + [2.0] * 5), 10, 0.5)  # moving, never at the threshold: not stalled
+    assert not slow["stalled"] and not slow["converged"]
+    nan = v.curve_outcome(_curve([2.3, 1.0, np.nan, np.nan]), 10, 0.5)
+    assert nan["diverged"] and nan["stalled"] and not nan["converged"]
+    late = v.curve_outcome(_curve([2.3, 2.3, 0.4], start=600), 10, 0.5)  # counted from the curve's own start
+    assert late["steps_to_threshold"] == 20
+
+
+def test_layer_factor():
+    assert v.layer_factor([0, 1, 2, 3], [1.0, 0.5, 0.25, 0.125]) == pytest.approx(0.5)
+    assert v.layer_factor([0, 1, 2, 3], [1.0, 1e-20, 0.0, 0.0]) == pytest.approx(1e-20)  # underflowed layers left out
+    assert math.isnan(v.layer_factor([0, 1], [1.0, 0.0]))
+
+
+def _layers(rhos: dict[str, float], depth=8, seeds=(0, 1), grad_ratio=1e-4):
+    """A synthetic at-init "layers" table: Var(preact) = rho^index per init, conv2 gradient std ratio vs He."""
+    rows = []
+    for seed in seeds:
+        for init, rho in rhos.items():
+            for index, name in enumerate(v.layer_names(depth)):
+                value = rho**index
+                rows.append(dict(layer=name, index=index, kind="preact", stat="var", value=value, predicted=value))
+                g = 1.0 if init != "fixed" else grad_ratio
+                rows.append(dict(layer=name, index=index, kind="grad_preact", stat="std", value=g, predicted=np.nan))
+                rows.append(dict(layer=name, index=index, kind="grad_kernel", stat="std", value=g, predicted=np.nan))
+            for row in rows[-3 * depth :]:
+                row.update(depth=depth, init=init, seed=seed, part="init")
+    return pd.DataFrame(rows)
+
+
+def test_claim_h1_pass_and_fail():
+    good = v.claim_h1(v.depth_factors(_layers({"glorot_fan_in": 0.45, "he_fan_in": 0.9, "fixed": 0.012})))
+    assert good["status"] == "PASS", good["measured"]
+    flat_xavier = v.claim_h1(v.depth_factors(_layers({"glorot_fan_in": 0.9, "he_fan_in": 0.9, "fixed": 0.012})))
+    assert flat_xavier["status"] == "FAIL"
+    he_halves = v.claim_h1(v.depth_factors(_layers({"glorot_fan_in": 0.45, "he_fan_in": 0.5, "fixed": 0.012})))
+    assert he_halves["status"] == "FAIL"
+    fixed_slow = v.claim_h1(v.depth_factors(_layers({"glorot_fan_in": 0.45, "he_fan_in": 0.9, "fixed": 0.6})))
+    assert fixed_slow["status"] == "FAIL"
+    assert v.claim_h1(v.depth_factors(_layers({"he_fan_in": 0.9})))["status"] == "N/A"
+
+
+def _final(cells: dict[tuple[int, str], list[tuple[float, bool, bool]]]):
+    """A synthetic "final" table: (depth, init) -> per seed (steps_to_threshold, converged, stalled)."""
+    rows = []
+    for (depth, init), seeds in cells.items():
+        for seed, (steps, converged, stalled) in enumerate(seeds):
+            rows.append(dict(part="train", depth=depth, init=init, seed=seed, steps_to_threshold=steps,
+                             converged=converged, stalled=stalled, final_loss=2.3 if stalled else 0.1))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+CONVERGED = (120.0, True, False)
+STALLED = (np.nan, False, True)
+SLOW = (np.nan, False, False)
+
+
+def test_claim_h2_pass_and_fail():
+    ok = _final({(30, "he_fan_in"): [CONVERGED] * 3, (30, "glorot_fan_in"): [STALLED] * 3})
+    assert v.claim_h2(ok, 30)["status"] == "PASS"
+    one_moves = _final({(30, "he_fan_in"): [CONVERGED] * 3, (30, "glorot_fan_in"): [STALLED, STALLED, SLOW]})
+    assert v.claim_h2(one_moves, 30)["status"] == "FAIL"
+    he_fails = _final({(30, "he_fan_in"): [CONVERGED, SLOW, CONVERGED], (30, "glorot_fan_in"): [STALLED] * 3})
+    assert v.claim_h2(he_fails, 30)["status"] == "FAIL"
+    assert v.claim_h2(ok, 22)["status"] == "N/A"
+
+
+def test_claim_h3_pass_and_fail():
+    ok = _final({(22, "he_fan_in"): [(100.0, True, False)] * 3, (22, "glorot_fan_in"): [(300.0, True, False)] * 3})
+    assert v.claim_h3(ok, 22)["status"] == "PASS"
+    xavier_first = _final(
+        {
+            (22, "he_fan_in"): [(100.0, True, False)] * 3,
+            (22, "glorot_fan_in"): [(300.0, True, False)] * 2 + [(90.0, True, False)],
+        }
+    )
+    assert v.claim_h3(xavier_first, 22)["status"] == "FAIL"
+    xavier_stalls = _final({(22, "he_fan_in"): [(100.0, True, False)] * 3, (22, "glorot_fan_in"): [STALLED] * 3})
+    assert v.claim_h3(xavier_stalls, 22)["status"] == "FAIL"
+
+
+def test_claim_h4_pass_and_fail():
+    final = _final({(30, "fixed"): [STALLED] * 2})
+    rhos = {"he_fan_in": 0.9, "fixed": 0.012}
+    ok = v.claim_h4(final, v.gradient_ratio(_layers(rhos, depth=14, grad_ratio=1e-5)), h4_depth=14, depth=30)
+    assert ok["status"] == "PASS", ok["measured"]
+    big = v.claim_h4(final, v.gradient_ratio(_layers(rhos, depth=14, grad_ratio=0.5)), h4_depth=14, depth=30)
+    assert big["status"] == "FAIL"
+    trains = _final({(30, "fixed"): [STALLED, CONVERGED]})
+    moved = v.claim_h4(trains, v.gradient_ratio(_layers(rhos, depth=14, grad_ratio=1e-5)), h4_depth=14, depth=30)
+    assert moved["status"] == "FAIL"
+
+
+def test_gradient_ratio_is_relative_to_he_same_seed():
+    layers = _layers({"he_fan_in": 0.9, "fixed": 0.012}, depth=8, seeds=(0, 1), grad_ratio=1e-3)
+    layers.loc[(layers["seed"] == 1) & (layers["init"] == "he_fan_in") & (layers["kind"] == "grad_preact"), "value"] = (
+        2.0
+    )
+    r = v.gradient_ratio(layers)
+    fixed = r[(r["init"] == "fixed") & (r["kind"] == "grad_preact")].set_index("seed")["ratio"]
+    assert fixed[0] == pytest.approx(1e-3) and fixed[1] == pytest.approx(5e-4)
+
+
+# ------------------------------------------------------------------------------------------------------ the grid
+
+
+def test_trials_grid():
+    cfg = v.QUICK
+    ts = v.trials(cfg)
+    assert all({"part", "depth", "init", "seed", "steps"} == set(t) for t in ts)
+    init = [t for t in ts if t["part"] == "init"]
+    train = [t for t in ts if t["part"] == "train"]
+    assert len(init) == len(cfg.depths) * len(cfg.seeds)
+    assert len([t for t in ts if t["part"] == "recipe"]) == len(cfg.seeds) >= 3
+    for depth, init_name in cfg.train_cells:
+        assert {t["seed"] for t in train if (t["depth"], t["init"]) == (depth, init_name)} == set(cfg.seeds)
+    others = [t for t in train if (t["depth"], t["init"]) not in cfg.train_cells]
+    assert others and {t["seed"] for t in others} == {cfg.seeds[0]}
+    assert all((t["depth"], t["init"]) in cfg.extra_cells for t in others)
+    assert len({(t["part"], t["depth"], t["init"], t["seed"]) for t in ts}) == len(ts)
+
+
+def test_check_config_errors():
+    with pytest.raises(ValueError, match="inits"):
+        v.trials(dataclasses.replace(v.QUICK, inits=("he",)))
+    with pytest.raises(ValueError, match="record_every"):
+        v.trials(dataclasses.replace(v.QUICK, steps=405))
+    with pytest.raises(ValueError, match="train_cells"):
+        v.trials(dataclasses.replace(v.QUICK, train_cells=((31, "he_fan_in"),)))
+    with pytest.raises(ValueError, match="recipe_depth"):
+        v.trials(dataclasses.replace(v.QUICK, recipe_depth=3))
+    with pytest.raises(ValueError, match="part"):
+        v.run_trial(v.QUICK, {"part": "nope", "depth": 8, "init": "he_fan_in", "seed": 0, "steps": 0})
+
+
+# --------------------------------------------------------------------------------------------------- end to end
+
+TINY = dataclasses.replace(
+    v.QUICK,
+    depths=(4,),
+    inits=("fixed", "glorot_fan_in", "he_fan_in"),
+    seeds=(0,),
+    widths=(8,),
+    train_cells=((4, "he_fan_in"), (4, "glorot_fan_in"), (4, "fixed")),
+    extra_cells=(),
+    steps=20,
+    record_every=10,
+    n_probe=32,
+    h4_depth=4,
+    recipe_a_depth=2,
+    recipe_a_steps=10,
+    recipe_depth=4,
+    recipe_copy_convs=1,
+)
+
+
+def test_run_tiny_config_end_to_end():
+    out = v.run(TINY)
+    for name in ("layers", "curves", "final", "claims", "training", "recipe", "depth_factors", "gradient_ratio"):
+        assert name in out and len(out[name]), name
+    claims = out["claims"]
+    assert list(claims["claim"]) == ["H1", "H2", "H3", "H4"]
+    assert set(claims["status"]) <= {"PASS", "FAIL", "N/A"}
+    assert claims.set_index("claim").at["H3", "status"] == "N/A"  # no 22-layer net in this grid
+    layers = out["layers"]
+    assert set(layers["init"]) == set(TINY.inits) and set(layers["depth"]) == {4}
+    pre = layers[(layers["kind"] == "preact") & (layers["stat"] == "var")]
+    assert pre["predicted"].notna().all() and (pre["value"] > 0).all()
+    # the measured first-layer variance is the theory's, within sampling error (32 images x 64 positions x 8 units)
+    first = pre[pre["index"] == 0]
+    np.testing.assert_allclose(first["value"], first["predicted"], rtol=0.3)
+    final = out["final"]
+    assert set(final["phase"]) == {"scratch", "A", "recipe_fixed", "recipe_he_fan_in"}
+    assert (final.loc[final["phase"] == "recipe_fixed", "copied"] == "conv1_1,fc1").all()
+    curves = out["curves"]
+    deep = curves[curves["phase"] == "recipe_fixed"]
+    assert deep["step"].min() == TINY.recipe_a_steps and deep["step"].max() == TINY.recipe_a_steps + TINY.steps
+    figures = v.plot(out, out)
+    assert set(figures) == {"variance_vs_depth", "loss_curves", "steps_heatmap", "recipe"}
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def test_cached_net_gives_the_fresh_build_tables():
+    """A trial run on the per-process cached net (after other trials) equals the same trial on a fresh net."""
+    trial = {"part": "train", "depth": 4, "init": "he_fan_in", "seed": 0, "steps": 20}
+    v._NETS.clear()
+    fresh = v.run_trial(TINY, trial)
+    v.run_trial(TINY, {**trial, "init": "fixed", "seed": 1})
+    again = v.run_trial(TINY, trial)
+    pd.testing.assert_frame_equal(fresh["curves"], again["curves"], rtol=1e-5)
+    lr = [var for var in v._net(TINY, 4)[0].optimizer.variables if var.name == "learning_rate"][0]
+    assert float(lr.numpy()) == pytest.approx(TINY.learning_rate)
