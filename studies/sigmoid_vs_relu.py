@@ -856,6 +856,9 @@ def claim_g7(factors: pd.DataFrame, final: pd.DataFrame) -> dict:
 
 def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Summary tables (Table 1, learning-rate choice, depth factors, Jacobians, Fig 2 figures) and the claims."""
+    if len(tables.get("final", ())) == 0:  # every trial failed: nothing to summarize
+        claims = [_claim(c, "N/A", "no finished trial", "") for c in CLAIMS]
+        return {"claims": pd.DataFrame(claims)}
     final = tables["final"]
     lr_choice = choose_lr(final, cfg.n_hidden)
     chosen = at_chosen_lr(final, lr_choice)

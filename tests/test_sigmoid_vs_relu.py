@@ -234,6 +234,11 @@ def test_claim_g7_pass_and_fail():
     assert study.claim_g7(factors, _final({"Sigmoid": [80.0]}))["status"] == "N/A"
 
 
+def test_summarize_without_finished_trials_gives_na_claims():
+    claims = study.summarize(study.QUICK, {})["claims"]
+    assert list(claims["status"]) == ["N/A"] * 7
+
+
 def test_every_claim_has_a_statement_and_a_rule():
     assert set(study.CLAIMS) == set(study.RULES) == {f"G{i}" for i in range(1, 8)}
 
