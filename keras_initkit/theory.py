@@ -525,20 +525,23 @@ _CHUNK = 1 << 22  # elements of one gathered block (positions x taps x channels)
 def _gather_matmul(field, valid, src, w3):
     """sum over taps t and input units i of field[src[p, t], i] * w3[t, i, o], zero where not valid."""
     p, t = valid.shape
-    out = np.zeros((p, w3.shape[-1]))
+    w = w3.reshape(t * w3.shape[1], w3.shape[2])
+    out = np.empty((p, w3.shape[-1]))
     step = max(1, _CHUNK // max(1, t * field.shape[1]))
     for lo in range(0, p, step):
         cols = field[src[lo : lo + step]] * valid[lo : lo + step, :, None]
-        out[lo : lo + step] = np.einsum("pti,tio->po", cols, w3)
+        out[lo : lo + step] = cols.reshape(len(cols), -1) @ w
     return out
 
 
 def _scatter_matmul(grad, valid, src, w3t, n_in):
     """The adjoint of _gather_matmul: sum over (p, t) reading input position q of grad[p] @ w3t[t]."""
-    out = np.zeros((n_in, w3t.shape[-1]))
-    for t in range(valid.shape[1]):  # one tap reads each input position at most once: plain indexed add
-        rows = valid[:, t]
-        out[src[rows, t]] += grad[rows] @ w3t[t]
+    t, n_out, n_units = w3t.shape
+    per_tap = (grad @ np.moveaxis(w3t, 0, 1).reshape(n_out, t * n_units)).reshape(len(grad), t, n_units)
+    out = np.zeros((n_in, n_units))
+    for k in range(t):  # one tap reads each input position at most once: plain indexed add
+        rows = valid[:, k]
+        out[src[rows, k]] += per_tap[rows, k]
     return out
 
 
@@ -826,9 +829,10 @@ def predict_variance(
         sig = out
 
     # Backward: from the topmost monitored layer's pre-activation down to the input.
-    top = max((i for i, st in enumerate(steps) if st.name is not None), default=-1)
+    monitored = [i for i, st in enumerate(steps) if st.name is not None]
+    top, bottom = (monitored[-1], monitored[0]) if monitored else (-1, 0)
     g = None
-    for i in range(top, -1, -1):
+    for i in range(top, bottom - 1, -1):
         st = steps[i]
         if i == top:
             g = np.full(st.pre.m.shape, float(top_grad_var))
@@ -836,7 +840,8 @@ def predict_variance(
             g = g * st.act.d
         if st.name is not None:
             rows.append((st.name, st.depth, "grad_preact", float(np.mean(g))))
-        g = st.back(g)
+        if i > bottom:
+            g = st.back(g)
     frame = pd.DataFrame(rows, columns=["layer", "depth", "kind", "value"])
     frame.insert(3, "stat", "var")
     frame["depth"] = frame["depth"].astype("int64")
