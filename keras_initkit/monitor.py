@@ -357,16 +357,21 @@ class _Hooks:
                 return orig(*args, **kwargs)
             self.called.add(t.index)
             if t.mode == "fused":
-                act = t.layer.activation
+                act, seen = t.layer.activation, []
 
                 def recorder(s):
-                    return act(self.on_preact(t, s))
+                    if not seen:  # a layer applying its activation more than once is recorded at the first
+                        seen.append(True)
+                        s = self.on_preact(t, s)
+                    return act(s)
 
                 object.__setattr__(t.layer, "activation", recorder)
                 try:
                     out = orig(*args, **kwargs)
                 finally:
                     object.__setattr__(t.layer, "activation", act)
+                if not seen:  # its `call` never applied `activation`: the identity is its nonlinearity
+                    out = self.on_preact(t, out)
             elif t.mode == "input":
                 out = orig(self.on_preact(t, args[0]), *args[1:], **kwargs)
             else:
@@ -896,11 +901,14 @@ class VarianceMonitor(keras.callbacks.Callback):
             layout.__dict__.pop("arrays", None)
             vals = []
             for t, tensors in items:
-                vals += [self._values(layout, t, kind, tensors[kind], hist) for kind in KINDS if kind in tensors]
-                vals += self._unit_values(layout, t, tensors)
+                vals += [self._values(layout, t, k, tensors[k], hist, xla=xla) for k in KINDS if k in tensors]
+                vals += self._unit_values(layout, t, tensors, xla=xla)
             return tf.concat(vals, 0)
 
-        fn = tf.function(probe, autograph=False)
+        # Compiled with XLA where the model's train step is (Keras' "auto": on GPU): the many small reductions then
+        # fuse into few kernels instead of one launch each.
+        xla = _uses_xla(model)
+        fn = tf.function(probe, autograph=False, jit_compile=xla)
         fn.get_concrete_function()  # trace now: the layout is known before the first record
         self._probe_state = {
             "model": weakref.ref(model),
@@ -974,7 +982,7 @@ class VarianceMonitor(keras.callbacks.Callback):
                 "hist": self._hist_state(targets),
                 "read": None,
                 "original": original,
-                "xla": bool(getattr(model, "jit_compile", False)),
+                "xla": _uses_xla(model),
             }
             orig_step = model.train_step
             monitor = self
@@ -1055,20 +1063,20 @@ class VarianceMonitor(keras.callbacks.Callback):
     def _tap(self, st, kind: str, flag, scale):
         tf = _tf()
 
+        # No control dependencies: a tf.function runs every stateful op it holds (the slot assignments), so the
+        # statistics may run beside the next layer instead of holding it up.
         def tap(t: _Target, x):
-            fwd = self._store(st, t, kind, x, flag)
+            self._store(st, t, kind, x, flag)
 
             @tf.custom_gradient
             def identity(v):
                 def grad(dy):
-                    done = self._store(st, t, "grad_" + kind, dy, flag, scale)
-                    with tf.control_dependencies([done]):
-                        return tf.identity(dy)
+                    self._store(st, t, "grad_" + kind, dy, flag, scale)
+                    return dy
 
                 return tf.identity(v), grad
 
-            with tf.control_dependencies([fwd]):
-                return identity(x)
+            return identity(x)
 
         return tap
 
@@ -1162,13 +1170,11 @@ class _OptimizerTap:
 
         def apply_gradients(grads_and_vars, *args, **kwargs):
             grads_and_vars = list(grads_and_vars)
-            deps = []
             for g, v in grads_and_vars:
                 t = self.by_var.get(id(v))
                 if t is not None and g is not None:
-                    deps.append(self.monitor._store(self.st, t, "grad_kernel", g, self.flag, self.scale))
-            with _tf().control_dependencies(deps):
-                return orig(grads_and_vars, *args, **kwargs)
+                    self.monitor._store(self.st, t, "grad_kernel", g, self.flag, self.scale)
+            return orig(grads_and_vars, *args, **kwargs)
 
         object.__setattr__(self.optimizer, "apply_gradients", apply_gradients)
         return self
@@ -1177,6 +1183,10 @@ class _OptimizerTap:
         if self.optimizer is not None and "apply_gradients" in self.optimizer.__dict__:
             object.__delattr__(self.optimizer, "apply_gradients")
         return False
+
+
+def _uses_xla(model) -> bool:
+    return getattr(model, "jit_compile", False) is True
 
 
 def _require_tensorflow():

@@ -307,20 +307,27 @@ def test_reuse_across_fits_starts_a_fresh_table():
 
 @pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])  # XLA: the GPU default
 def test_train_batch_source_equals_probe_on_the_same_batch(jit_compile):
-    keras.utils.set_random_seed(2)
-    model = keras.Sequential(
-        [
-            keras.Input((6,)),
-            keras.layers.Dense(16, activation="tanh", name="d1"),
-            keras.layers.BatchNormalization(name="bn"),
-            keras.layers.ReLU(name="r"),
-            keras.layers.Dense(3, name="out"),
-        ]
-    )
-    model.compile(keras.optimizers.SGD(0.1), LOSS, jit_compile=jit_compile)
+    def build(jit):
+        keras.utils.set_random_seed(2)
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(16, activation="tanh", name="d1"),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.ReLU(name="r"),
+                keras.layers.Dense(3, name="out"),
+            ]
+        )
+        model.compile(keras.optimizers.SGD(0.1), LOSS, jit_compile=jit)
+        return model
+
+    model = build(jit_compile)
     x, y = _data(16, 6, seed=7)
     stats = ["mean", "var", "p15", "dead"]  # every statistic is checked against numpy in the hand test above
     at_init = VarianceMonitor(probe=(x, y), track_unit=2, stats=stats).measure(model)
+    if jit_compile:  # the probe is XLA-compiled like the model's train step: same numbers as without XLA
+        plain = VarianceMonitor(probe=(x, y), track_unit=2, stats=stats).measure(build(False))
+        np.testing.assert_allclose(at_init.value, plain.value, rtol=2e-4, atol=1e-7)
     monitor = VarianceMonitor(every=1, source="train_batch", track_unit=2, stats=stats)
     model.fit(x, y, batch_size=16, epochs=2, callbacks=[monitor], verbose=0, shuffle=False)
     df = monitor.to_frame()

@@ -1,0 +1,159 @@
+"""VarianceMonitor overhead (issue 3): fit with the monitor vs plain fit, and one probe record vs the floor.
+
+Prints, for a 5x1000 tanh MLP and a 20-layer ReLU conv net (batch 128, probe 256), as wall-time ratios with the
+process CPU-time ratios beside them (CPU time counts the work done, whatever else runs on a shared machine):
+- fit with the monitor at every=50 (100 steps) and every=1 (20 steps), with the probe and with
+  source="train_batch", over a plain fit of the same steps (targets: <= 1.03x at every=50, <= 1.5x at every=1);
+- one probe record (the traced probe function, its scalars moved to the host) over a hand-written tf.function
+  forward + backward with GradientTape on the same probe batch (target: <= 1.2x), and the same through
+  `measure()` (which also builds the record's DataFrame).
+Each time is the minimum over interleaved repeats after a warm-up (tracing excluded). Never asserted: read the ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_initkit.monitor import VarianceMonitor  # noqa: E402
+
+BATCH = 128
+PROBE = 256
+
+
+def mlp() -> tuple[keras.Model, tuple[int, ...]]:
+    layers = [keras.Input((784,))]
+    layers += [keras.layers.Dense(1000, activation="tanh") for _ in range(5)]
+    layers += [keras.layers.Dense(10)]
+    return keras.Sequential(layers, name="mlp5x1000"), (784,)
+
+
+def convnet(depth: int = 20, width: int = 16, size: int = 12) -> tuple[keras.Model, tuple[int, ...]]:
+    layers = [keras.Input((size, size, 3))]
+    layers += [keras.layers.Conv2D(width, 3, padding="same", activation="relu") for _ in range(depth)]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    return keras.Sequential(layers, name=f"conv{depth}"), (size, size, 3)
+
+
+def _data(shape, n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, *shape)).astype("float32"), rng.integers(0, 10, n)
+
+
+def _compile(model):
+    model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _best(times: dict, name: str, t0: tuple[float, float], n: int = 1) -> None:
+    wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
+    old = times.get(name, (float("inf"), float("inf")))
+    times[name] = (min(old[0], wall / n), min(old[1], cpu / n))
+
+
+def _ratios(times: dict, base: str) -> dict[str, tuple[float, float]]:
+    return {k: (v[0] / times[base][0], v[1] / times[base][1]) for k, v in times.items() if k != base}
+
+
+def fit_ratios(build, repeats: int) -> tuple[dict, float]:
+    """Fit time with each monitor configuration over a plain fit of the same steps: {config: (wall, cpu) ratio}.
+
+    every=50 runs 100 steps (records at steps 0, 50 and 100, so the record at initialization counts too); every=1
+    runs 20 steps against a plain fit of 20 steps.
+    """
+    keras.utils.set_random_seed(0)
+    model, shape = build()
+    _compile(model)
+    x, y = _data(shape, BATCH * 100, 1)
+    probe = _data(shape, PROBE, 2)
+    configs = {  # name: (monitor or None, steps)
+        "plain": (None, 100),
+        "every=50": (VarianceMonitor(probe=probe, every=50), 100),
+        "every=50 train_batch": (VarianceMonitor(every=50, source="train_batch"), 100),
+        "plain 20": (None, 20),
+        "every=1": (VarianceMonitor(probe=probe, every=1), 20),
+        "every=1 train_batch": (VarianceMonitor(every=1, source="train_batch"), 20),
+    }
+
+    def run(cb, n):
+        callbacks = [] if cb is None else [cb]
+        model.fit(x[: BATCH * n], y[: BATCH * n], batch_size=BATCH, verbose=0, shuffle=False, callbacks=callbacks)
+
+    for cb, _ in configs.values():  # warm-up: trace every function once
+        run(cb, 2)
+    times: dict = {}
+    for _ in range(repeats):
+        for name, (cb, steps) in configs.items():
+            t0 = _clock()
+            run(cb, steps)
+            _best(times, name, t0)
+            if cb is not None and cb.to_frame().empty:
+                raise RuntimeError(f"{name}: the monitor recorded nothing")
+    long = _ratios({k: v for k, v in times.items() if configs[k][1] == 100}, "plain")
+    short = _ratios({k: v for k, v in times.items() if configs[k][1] == 20}, "plain 20")
+    return long | short, times["plain"][0] / 100
+
+
+def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
+    """One probe record against the floor (a hand-written tf.function forward + backward on the same batch)."""
+    keras.utils.set_random_seed(0)
+    model, shape = build()
+    _compile(model)
+    xp, yp = _data(shape, PROBE, 2)
+    monitor = VarianceMonitor(probe=(xp, yp))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    xt, yt = tf.constant(xp), tf.constant(yp)
+
+    @tf.function
+    def floor():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yt, model(xt, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    probe_fn = monitor._probe_fn(model)["fn"]  # what one record runs: the traced probe function, built once
+    fns = {
+        "floor": lambda: floor()[0].numpy(),
+        "probe": lambda: probe_fn().numpy(),  # reductions on the device, one small vector to the host
+        "measure()": lambda: monitor.measure(model),  # the same, plus the record's DataFrame
+    }
+    for f in fns.values():
+        f()
+    times: dict = {}
+    for _ in range(repeats):
+        for name, f in fns.items():
+            t0 = _clock()
+            for _ in range(calls):
+                f()
+            _best(times, name, t0, calls)
+    return _ratios(times, "floor"), times["floor"][0]
+
+
+def main() -> None:
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    print(f"batch {BATCH}, probe {PROBE}, {'GPU' if gpu else 'CPU'}; ratios as wall (process CPU time)")
+    if not gpu:
+        print("CPU time counts the work done whatever else runs on the machine; wall time does not.")
+    for name, build in (("5x1000 tanh MLP", mlp), ("20-layer conv net", convnet)):
+        pr, floor = probe_ratios(build, calls=2, repeats=5)
+        cells = ", ".join(f"{k} {w:.2f}x ({c:.2f}x)" for k, (w, c) in pr.items())
+        print(f"{name}: one record vs floor {floor * 1e3:.0f} ms (target <= 1.2x): {cells}", flush=True)
+        fr, step = fit_ratios(build, repeats=3)
+        cells = ", ".join(f"{k} {w:.3f}x ({c:.3f}x)" for k, (w, c) in fr.items())
+        print(
+            f"{name}: fit vs plain fit, plain step {step * 1e3:.0f} ms (targets: every=50 <= 1.03x, every=1 "
+            f"<= 1.5x): {cells}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
