@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["layer_histograms", "percentile_bands", "stat_over_training", "variance_vs_depth"]
 
@@ -190,6 +191,7 @@ def variance_vs_depth(
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("depth (monitored layer)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{'Var' if stat == 'var' else stat}({_label(kind)})")
         _title(ax, col, level, title, fig, i)
     return fig

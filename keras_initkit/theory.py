@@ -754,6 +754,8 @@ def predict_variance(
 ) -> pd.DataFrame:
     """Predicted per-layer variances at initialization, from the model's actual weights (see the module docstring).
 
+    It reads the weights as they are now: call it before `fit` to set it beside the monitor's step 0.
+
     Example:
     >>> model = keras.Sequential([keras.Input((256,))] + [keras.layers.Dense(256, activation="relu",
     ...     kernel_initializer=GlorotFanIn()) for _ in range(10)])
