@@ -11,6 +11,29 @@ Why VGG needed stage-wise pre-training and why He init made it unnecessary, on p
 - The VGG recipe (Simonyan & Zisserman 3.1): train a shallow net A from N(0, 0.01), copy its first conv layers and
   its dense head into a deeper net, draw the other layers at random, train; against He init from scratch.
 
+The QUICK setup (2 CPU cores, minutes), chosen once for every depth and init, never tuned per init:
+- Data: scikit-learn's 8x8 digits (10 classes, ln K = 2.303). One conv stage of width 32, no pool: pooled to 4x4,
+  zero padding would cut about a third of each later 3x3 conv's fan-in. Even at 8x8 the border costs He's forward
+  variance about 10% per layer, which `theory.predict_variance` (border-aware) predicts: He's measured per-layer
+  factor is ~0.89, not 1, and GlorotFanIn's ~0.46, not 0.5.
+- Head: Flatten + one Dense classifier (a global-average-pooling head stalled even He nets in a trial run); SGD
+  learning rate 3e-3, momentum 0.9, batch 32; 400 updates; threshold 0.5 on the mean loss of a 10-update chunk.
+- With a single width, GlorotAvg equals GlorotFanIn and He fan_out equals He fan_in on every layer but the first
+  conv and the classifier.
+- Width 32 makes VGG's std 0.01 far harsher than in VGG: 1/2 n Var(W) = 0.0144 per layer here, 0.03-0.23 for VGG's
+  64-512 channels (whose inputs were raw pixel values, std ~60). So H4's gradient ratio is ~1e-11, not 1/1.7e4, and
+  8-layer N(0, 0.01) nets already stall: in trial runs (learning rates 3e-3 and 1e-2) only 3-layer ones left
+  chance loss within a few hundred updates. Net A of the recipe therefore has 3 layers (2 convs + classifier); the
+  deeper net (14 layers) gets A's 2 convs and classifier, and its other layers either N(0, 0.01) as in S&Z, or He.
+- Economy: every cell is measured at init in 3 seeds; the claims' cells (and He at the recipe's depth) are trained
+  in 3 seeds, the rest of the steps-to-threshold map (depths 8 and 14, He fan_out at 22 and 30) in seed 0 only;
+  GlorotAvg and FixedNormal at 22 layers and GlorotAvg at 30 are measured at init only. A net stops training once
+  it reaches the threshold; stalled nets run the whole budget.
+
+PAPER: CIFAR-10 (Shapeset 32x32 when the CIFAR-10 files are absent), VGG widths 64-512 in 4 stages, 3 dense
+layers, depths 8-30 with VGG A (11) and E (19), S&Z's SGD (learning rate 1e-2, momentum 0.9, weight decay 5e-4),
+batch 128, 20 epochs, every cell in 3 seeds; the recipe with S&Z's A (11 layers) into 19 layers, 4 convs copied.
+
 Run: `make study-vgg` (the QUICK profile) or
 `python -m keras_initkit.study.cli vgg_depth --profile quick|paper [--engine process --jobs 2]`.
 Results: results/vgg_depth/<profile>/, and the QUICK report in docs/results/vgg_depth/REPORT.md.
@@ -85,6 +108,9 @@ RULES = {
 class Config:
     # data set by keras_initkit.datasets name ("digits", "shapeset", "mnist", "cifar10")
     data: str = "digits"
+    # data set used instead when `data`'s files are absent here (None: a missing file is an error); every table
+    # records the one used in its `dataset` column
+    fallback_data: str | None = None
     # training images (None: the whole training split; Shapeset draws this many)
     n_train: int | None = None
     # test images for the final error (None: the whole test split)
@@ -158,6 +184,7 @@ class Config:
 QUICK = Config()
 PAPER = Config(
     data="cifar10",
+    fallback_data="shapeset",
     depths=(8, 11, 14, 19, 22, 30),
     seeds=(0, 1, 2),
     widths=(64, 128, 256, 512),
@@ -424,10 +451,19 @@ def trials(cfg: Config) -> list[dict]:
 
 @functools.lru_cache(maxsize=2)
 def _data(cfg: Config):
+    """The Config's data set, or its fallback_data when the files of `data` are absent."""
     from keras_initkit.datasets import load
 
-    kwargs = {"size": cfg.size} if cfg.data == "shapeset" else {}
-    return load(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test, **kwargs)
+    def get(name: str):
+        kwargs = {"size": cfg.size} if name == "shapeset" else {}
+        return load(name, n_train=cfg.n_train, n_test=cfg.n_test, **kwargs)
+
+    try:
+        return get(cfg.data)
+    except FileNotFoundError:
+        if cfg.fallback_data is None:
+            raise
+        return get(cfg.fallback_data)
 
 
 def initialize(model: keras.Model, init: str | dict[str, str], seed: int, fixed_std: float = 0.01) -> None:
@@ -643,7 +679,9 @@ def _train_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     }
     return {
         "curves": _with_trial(curve, trial, phase="scratch"),
-        "final": _with_trial(pd.DataFrame([final]), trial, phase="scratch", a_steps=0, copied=""),
+        "final": _with_trial(
+            pd.DataFrame([final]), trial, phase="scratch", a_steps=0, copied="", net_depth=trial["depth"]
+        ),
     }
 
 
@@ -673,7 +711,9 @@ def _recipe_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
         )  # fmt: skip
     return {
         "curves": _with_trial(pd.concat(curves, ignore_index=True), trial, a_depth=cfg.recipe_a_depth),
-        "final": _with_trial(pd.DataFrame(finals), trial),
+        "final": _with_trial(pd.DataFrame(finals), trial).assign(
+            net_depth=lambda f: np.where(f["phase"] == "A", cfg.recipe_a_depth, f["depth"])
+        ),
     }
 
 
@@ -686,14 +726,12 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     columns.
     """
     keras.utils.set_random_seed(derive_seed(int(trial["seed"]), "trial", trial["part"], trial["depth"], trial["init"]))
+    parts = {"init": _init_trial, "train": _train_trial, "recipe": _recipe_trial}
     part = trial.get("part")
-    if part == "init":
-        return _init_trial(cfg, trial)
-    if part == "train":
-        return _train_trial(cfg, trial)
-    if part == "recipe":
-        return _recipe_trial(cfg, trial)
-    raise ValueError(f"trial `part` must be 'init', 'train' or 'recipe'. Received: part={part!r}")
+    if part not in parts:
+        raise ValueError(f"trial `part` must be 'init', 'train' or 'recipe'. Received: part={part!r}")
+    dataset = _data(cfg).name
+    return {name: frame.assign(dataset=dataset) for name, frame in parts[part](cfg, trial).items()}
 
 
 # ------------------------------------------------------------------------------------------ summaries and claims
@@ -741,28 +779,43 @@ def depth_factors(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def gradient_ratio(layers: pd.DataFrame, reference: str = "he_fan_in", layer: str | None = None) -> pd.DataFrame:
-    """Per depth, seed and init: std of dC/ds (and of dC/dW) at the second weight layer (conv2, the paper's) divided
-    by the reference init's, same depth and seed."""
-    sel = layers[(layers["stat"] == "std") & layers["kind"].isin(("grad_preact", "grad_kernel"))]
+    """Per depth, seed and init: std of dC/ds and of dC/dW at one layer (default the second weight layer, conv2 as in
+    He et al.) divided by the reference init's, same depth and seed.
+
+    Columns: depth, seed, kind, init, std, ratio, predicted_ratio (dC/ds only: sqrt of theory's variance ratio),
+    underflow (the float32 std is 0: the gradient underflowed; ratio is then NaN).
+    """
+    columns = ["depth", "seed", "kind", "init", "std", "ratio", "predicted_ratio", "underflow"]
+    sel = layers[layers["kind"].isin(("grad_preact", "grad_kernel"))]
     sel = sel[sel["layer"] == layer] if layer is not None else sel[sel["index"] == 1]
-    table = sel.pivot_table(index=["depth", "seed", "kind"], columns="init", values="value", aggfunc="first")
-    if reference not in table.columns:
-        return pd.DataFrame(columns=["depth", "seed", "kind", "init", "std", "ratio"])
-    ratio = table.div(table[reference], axis=0)
-    out = (
-        ratio.stack()
-        .rename("ratio")
-        .reset_index()
-        .merge(table.stack().rename("std").reset_index(), on=["depth", "seed", "kind", "init"])
-    )
-    return out[["depth", "seed", "kind", "init", "std", "ratio"]]
+    keys = ["depth", "seed", "kind"]
+    std = sel[sel["stat"] == "std"].pivot_table(index=keys, columns="init", values="value", aggfunc="first")
+    if reference not in std.columns:
+        return pd.DataFrame(columns=columns)
+    var = sel[sel["stat"] == "var"].pivot_table(index=keys, columns="init", values="predicted", aggfunc="first")
+
+    def long(wide: pd.DataFrame, name: str) -> pd.DataFrame:  # keeps NaN cells (DataFrame.stack drops them in pandas 2)
+        return wide.reset_index().melt(id_vars=keys, var_name="init", value_name=name)
+
+    measured = std.where(std > 0)
+    out = long(std, "std").merge(long(measured.div(measured[reference], axis=0), "ratio"), on=[*keys, "init"])
+    if reference in var.columns:
+        out = out.merge(
+            long(np.sqrt(var.div(var[reference], axis=0)), "predicted_ratio"), on=[*keys, "init"], how="left"
+        )
+    else:
+        out["predicted_ratio"] = np.nan
+    out = out.dropna(subset=["std"])
+    out["underflow"] = out["std"] <= 0
+    return out[columns]
 
 
 def training_table(final: pd.DataFrame) -> pd.DataFrame:
-    """Per (phase, depth, init): seeds, converged and stalled counts, steps to threshold and final loss spread."""
+    """Per (phase, net depth, init): seeds, converged and stalled counts, steps to threshold and final loss spread."""
     if final is None or len(final) == 0:
         return pd.DataFrame()
-    out = final.groupby(["phase", "depth", "init"], as_index=False, sort=True).agg(
+    final = final.assign(net_depth=final["net_depth"] if "net_depth" in final else final["depth"])
+    out = final.groupby(["phase", "net_depth", "init"], as_index=False, sort=True).agg(
         n=("seed", "size"),
         converged=("converged", "sum"),
         stalled=("stalled", "sum"),
@@ -849,10 +902,11 @@ def _cell(final: pd.DataFrame, depth: int, init: str) -> pd.DataFrame:
 
 
 def _outcome_text(rows: pd.DataFrame, label: str) -> str:
+    hit = int(rows["converged"].sum())
+    after = f" after {_spread(rows['steps_to_threshold'])} updates" if hit else ""
     return (
-        f"{label}: {int(rows['converged'].sum())}/{len(rows)} reach the threshold after "
-        f"{_spread(rows['steps_to_threshold'])} updates, {int(rows['stalled'].sum())}/{len(rows)} stalled, final loss "
-        f"{_spread(rows['final_loss'])}"
+        f"{label}: {hit}/{len(rows)} reach the threshold{after}, {int(rows['stalled'].sum())}/{len(rows)} stalled, "
+        f"final loss {_spread(rows['final_loss'])}"
     )
 
 
@@ -894,11 +948,13 @@ def _shallower_context(final: pd.DataFrame, depth: int) -> str:
     for d in sorted(set(final.loc[final["part"] == "train", "depth"]) - {depth}):
         he, xavier = _cell(final, d, "he_fan_in"), _cell(final, d, "glorot_fan_in")
         if len(he) and len(xavier):
-            parts.append(
-                f"{d} layers: He {int(he['converged'].sum())}/{len(he)} at {_mean(he['steps_to_threshold'])}, "
-                f"GlorotFanIn {int(xavier['converged'].sum())}/{len(xavier)} at {_mean(xavier['steps_to_threshold'])}"
-            )
+            parts.append(f"{d} layers: {_reached(he, 'He')}, {_reached(xavier, 'GlorotFanIn')}")
     return f" (other depths, not part of the rule: {'; '.join(parts)})" if parts else ""
+
+
+def _reached(rows: pd.DataFrame, label: str) -> str:
+    hit = int(rows["converged"].sum())
+    return f"{label} {hit}/{len(rows)} reach it" + (f" at {_mean(rows['steps_to_threshold'])}" if hit else "")
 
 
 def _mean(values) -> str:
@@ -917,13 +973,13 @@ def claim_h4(final: pd.DataFrame, ratios: pd.DataFrame, h4_depth: int, depth: in
             "H4", "N/A", f"needs trained FixedNormal nets of depth {depth} and at-init depth {h4_depth}", paper
         )
     stalled = fixed["stalled"]
-    small = sel["ratio"] < H4_MAX_RATIO
+    small = (sel["ratio"] < H4_MAX_RATIO) | sel["underflow"]  # an underflowed gradient is smaller still
     ok = bool(stalled.all() and small.all())
     kernel = ratios[(ratios["init"] == "fixed") & (ratios["depth"] == h4_depth) & (ratios["kind"] == "grad_kernel")]
     measured = (
         f"(a) depth {depth}: {_outcome_text(fixed, 'FixedNormal')}; (b) depth {h4_depth}: std dC/ds at conv2 "
-        f"FixedNormal / He = {_spread(sel['ratio'])} ({int(small.sum())}/{len(sel)} below {H4_MAX_RATIO:g}); dC/dW "
-        f"ratio {_spread(kernel['ratio'])}"
+        f"FixedNormal / He = {_spread(sel['ratio'])} ({int(small.sum())}/{len(sel)} below {H4_MAX_RATIO:g}; theory "
+        f"{_spread(sel['predicted_ratio'])}); dC/dW ratio {_spread(kernel['ratio'])}"
     )
     return _claim("H4", "PASS" if ok else "FAIL", measured, paper)
 
@@ -943,7 +999,14 @@ def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.Data
     ratio_summary = (
         ratios[ratios["init"] != "he_fan_in"]
         .groupby(["kind", "init", "depth"], as_index=False)
-        .agg(n=("ratio", "size"), ratio_mean=("ratio", "mean"), ratio_min=("ratio", "min"), ratio_max=("ratio", "max"))
+        .agg(
+            n=("ratio", "size"),
+            ratio_mean=("ratio", "mean"),
+            ratio_min=("ratio", "min"),
+            ratio_max=("ratio", "max"),
+            predicted=("predicted_ratio", "mean"),
+            underflow=("underflow", "sum"),
+        )
     )
     deepest = max(cfg.depths)
     claims = pd.DataFrame(
@@ -954,6 +1017,9 @@ def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.Data
             claim_h4(final, ratios, cfg.h4_depth, deepest),
         ]
     )
+    used = sorted({str(x) for f in (layers, final) if "dataset" in f for x in f["dataset"].dropna()})
+    if used and used != [cfg.data]:
+        claims["measured"] = claims["measured"] + f" (data: {', '.join(used)}; {cfg.data!r} files absent here)"
     return {
         "claims": claims,
         "training": training_table(final),

@@ -236,6 +236,13 @@ def test_gradient_ratio_is_relative_to_he_same_seed():
     r = v.gradient_ratio(layers)
     fixed = r[(r["init"] == "fixed") & (r["kind"] == "grad_preact")].set_index("seed")["ratio"]
     assert fixed[0] == pytest.approx(1e-3) and fixed[1] == pytest.approx(5e-4)
+    # a gradient that underflowed to 0 in float32 has no measured ratio, and counts as smaller than any threshold
+    layers.loc[(layers["seed"] == 0) & (layers["init"] == "fixed") & (layers["kind"] == "grad_preact"), "value"] = 0.0
+    r = v.gradient_ratio(layers)
+    row = r[(r["init"] == "fixed") & (r["kind"] == "grad_preact") & (r["seed"] == 0)].iloc[0]
+    assert row["underflow"] and math.isnan(row["ratio"])
+    final = _final({(30, "fixed"): [STALLED] * 2})
+    assert v.claim_h4(final, r, h4_depth=8, depth=30)["status"] == "PASS"
 
 
 # ------------------------------------------------------------------------------------------------------ the grid
@@ -330,3 +337,25 @@ def test_cached_net_gives_the_fresh_build_tables():
     pd.testing.assert_frame_equal(fresh["curves"], again["curves"], rtol=1e-5)
     lr = [var for var in v._net(TINY, 4)[0].optimizer.variables if var.name == "learning_rate"][0]
     assert float(lr.numpy()) == pytest.approx(TINY.learning_rate)
+
+
+def test_paper_profile_grid_and_nets():
+    cfg = v.PAPER
+    ts = v.trials(cfg)
+    n_train = len(cfg.depths) * len(cfg.inits) * len(cfg.seeds)  # train_cells=None: every cell, every seed
+    assert sum(t["part"] == "train" for t in ts) == n_train
+    assert sum(t["part"] == "recipe" for t in ts) == len(cfg.seeds)
+    for depth in (*cfg.depths, cfg.recipe_a_depth):
+        model = v.build_vgg((32, 32, 3), 10, depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
+        assert len(v.weight_layers(model)) == depth
+    a = v.build_vgg((32, 32, 3), 10, cfg.recipe_a_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
+    deep = v.build_vgg((32, 32, 3), 10, cfg.recipe_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
+    assert len(v.transfer_layers(a, deep, cfg.recipe_copy_convs)) == cfg.recipe_copy_convs + cfg.fc_layers
+
+
+def test_fallback_data_when_files_are_absent(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty Keras cache: no CIFAR-10 here
+    cfg = dataclasses.replace(TINY, data="cifar10", fallback_data="digits")
+    assert v._data(cfg).name == "digits"
+    with pytest.raises(FileNotFoundError):
+        v._data(dataclasses.replace(cfg, fallback_data=None))
