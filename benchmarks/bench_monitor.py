@@ -34,7 +34,7 @@ def mlp() -> tuple[keras.Model, tuple[int, ...]]:
     return keras.Sequential(layers, name="mlp5x1000"), (784,)
 
 
-def convnet(depth: int = 20, width: int = 16, size: int = 12) -> tuple[keras.Model, tuple[int, ...]]:
+def convnet(depth: int = 20, width: int = 32, size: int = 8) -> tuple[keras.Model, tuple[int, ...]]:
     layers = [keras.Input((size, size, 3))]
     layers += [keras.layers.Conv2D(width, 3, padding="same", activation="relu") for _ in range(depth)]
     layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
@@ -143,10 +143,10 @@ def main() -> None:
     if not gpu:
         print("CPU time counts the work done whatever else runs on the machine; wall time does not.")
     for name, build in (("5x1000 tanh MLP", mlp), ("20-layer conv net", convnet)):
-        pr, floor = probe_ratios(build, calls=2, repeats=5)
+        pr, floor = probe_ratios(build, calls=2, repeats=4)
         cells = ", ".join(f"{k} {w:.2f}x ({c:.2f}x)" for k, (w, c) in pr.items())
         print(f"{name}: one record vs floor {floor * 1e3:.0f} ms (target <= 1.2x): {cells}", flush=True)
-        fr, step = fit_ratios(build, repeats=3)
+        fr, step = fit_ratios(build, repeats=2)
         cells = ", ".join(f"{k} {w:.3f}x ({c:.3f}x)" for k, (w, c) in fr.items())
         print(
             f"{name}: fit vs plain fit, plain step {step * 1e3:.0f} ms (targets: every=50 <= 1.03x, every=1 "
