@@ -1055,7 +1055,8 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
     figures = {}
     layers = tables.get("layers")
     if layers is not None and len(layers):
-        figures["variance_vs_depth"] = plot_variance(layers)
+        figures["variance_forward"] = plot_variance(layers, "preact")
+        figures["variance_backward"] = plot_variance(layers, "grad_preact")
     curves = tables.get("curves")
     if curves is not None and len(curves):
         figures["loss_curves"] = plot_curves(curves)
@@ -1067,56 +1068,43 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
     return figures
 
 
-# Okabe-Ito colours, He fan_in in black so that it stands apart from the two Glorot inits
-COLORS = {"fixed": "#0072b2", "glorot_fan_in": "#e69f00", "glorot_avg": "#009e73", "he_fan_in": "#000000",
-          "he_fan_out": "#cc79a7"}  # fmt: skip
 VARIANCE_FLOOR = 1e-18  # lower end of the variance axes: FixedNormal goes on below it
 
 
-def _palette():
-    return {INIT_LABELS[i]: COLORS[i] for i in INITS}
+def _palette() -> dict:
+    """Init label -> colour, as `keras_initkit.plots` colours a hue (seaborn's palette over the sorted levels), so
+    that an init has one colour in every figure."""
+    import seaborn as sns
+
+    labels = sorted(INIT_LABELS.values())
+    return dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
 
 
-def plot_variance(layers: pd.DataFrame):
-    """Var(preact) going up and Var(dC/ds) going down, per layer, one column per depth: measured (mean over seeds,
-    solid, band = min..max) and theory's prediction (dashed), log scale."""
-    import matplotlib.pyplot as plt
+def plot_variance(layers: pd.DataFrame, kind: str = "preact"):
+    """`keras_initkit.plots.variance_vs_depth` of one kind (Var(s) going up, or Var(dC/ds) going down), one panel per
+    net depth, one colour per init: measured (band = the seeds' range) and theory's prediction (dashed), log scale.
+    Variances that underflowed float32 (<= UNDERFLOW) are left out."""
+    from keras_initkit.plots import variance_vs_depth
 
-    sel = layers[(layers["stat"] == "var") & layers["kind"].isin(("preact", "grad_preact"))].copy()
-    sel["label"] = sel["init"].map(INIT_LABELS)
-    depths = sorted(sel["depth"].unique())
-    kinds = [("preact", "Var(preact s), forward"), ("grad_preact", "Var(dC/ds), backward")]
-    palette = _palette()
-    fig, axes = plt.subplots(2, len(depths), figsize=(3.6 * len(depths), 6.4), squeeze=False, sharey="row")
-    for col, depth in enumerate(depths):
-        for row, (kind, title) in enumerate(kinds):
-            ax = axes[row][col]
-            sub = sel[(sel["depth"] == depth) & (sel["kind"] == kind)]
-            for label, g in sub.groupby("label", sort=False):
-                g = g[g["value"] > UNDERFLOW]
-                stats = g.groupby("index")["value"].agg(["mean", "min", "max"])
-                color = palette.get(label)
-                ax.plot(stats.index + 1, stats["mean"], color=color, lw=1.6, label=label)
-                ax.fill_between(stats.index + 1, stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
-                if "predicted" in g and g["predicted"].notna().any():
-                    pred = g.groupby("index")["predicted"].mean()
-                    pred = pred[pred > UNDERFLOW]
-                    ax.plot(pred.index + 1, pred, color=color, lw=1.0, ls="--")
-            ax.set_yscale("log")
-            ax.set_ylim(bottom=VARIANCE_FLOOR)
-            ax.set_title(f"{depth} layers: {title}", fontsize=9)
-            ax.set_xlabel("weight layer (input side first)")
-            ax.grid(alpha=0.3, which="major")
-        axes[0][0].set_ylabel("variance")
-        axes[1][0].set_ylabel("variance")
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    handles.append(plt.Line2D([], [], color="grey", ls="--"))
-    labels.append("theory (predict_variance)")
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
-    title = "At initialization, per weight layer: measured (solid, band = seeds' range) and predicted by "
-    title += f"theory.predict_variance (dashed); FixedNormal continues below {VARIANCE_FLOOR:g}"
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    sel = layers[(layers["stat"] == "var") & (layers["kind"] == kind)]
+    sel = sel.rename(columns={"depth": "net depth", "index": "depth"}).assign(init=sel["init"].map(INIT_LABELS))
+    measured = sel[sel["value"] > UNDERFLOW]
+    predicted = sel[sel["predicted"] > UNDERFLOW].drop(columns="value").rename(columns={"predicted": "value"})
+    direction = "forward, input side first" if kind == "preact" else "backward (dC/ds), input side first"
+    fig = variance_vs_depth(
+        measured,
+        kind,
+        hue="init",
+        col="net depth",
+        predicted=predicted,
+        step=None,
+        errorbar=("pi", 100),
+        title=f"At initialization, {direction}: measured (band = seeds' range) and theory.predict_variance (dashed)"
+        f"; FixedNormal continues below {VARIANCE_FLOOR:g}",
+    )
+    for ax in fig.axes:
+        ax.set_ylim(bottom=VARIANCE_FLOOR)
+        ax.set_xlabel("weight layer (0 = first conv)")
     return fig
 
 
@@ -1202,23 +1190,23 @@ def plot_recipe(curves: pd.DataFrame):
     depth = int(rec["depth"].iloc[0])
     he = curves[(curves["part"] == "train") & (curves["depth"] == depth) & (curves["init"] == "he_fan_in")]
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    palette = _palette()
     styles = {"A": ("#777777", "net A, N(0, 0.01)")}
-    colors = ["#d55e00", "#0072b2", "#009e73", "#cc79a7"]
-    phases = [p for p in dict.fromkeys(rec["phase"]) if p != "A"]
-    for k, p in enumerate(phases):
-        fill = p.removeprefix("recipe_")
-        styles[p] = (colors[k % len(colors)], f"{depth} layers from A, other layers {INIT_LABELS.get(fill, fill)}")
+    for p in [p for p in dict.fromkeys(rec["phase"]) if p != "A"]:
+        label = INIT_LABELS.get(p.removeprefix("recipe_"), p)
+        styles[p] = (palette.get(label, "#777777"), f"{depth} layers from A, other layers {label}")
+    he_color = palette["He fan_in"]
     for (phase, _seed), g in rec.groupby(["phase", "seed"], sort=False):
         color, _ = styles[phase]
         ax.plot(g["step"], g["loss"], color=color, lw=1.0, alpha=0.8)
     for _seed, g in he.groupby("seed"):
-        ax.plot(g["step"], g["loss"], color="#000000", lw=1.0, ls="--", alpha=0.9)
+        ax.plot(g["step"], g["loss"], color=he_color, lw=1.0, ls="--", alpha=0.9)
     handles = [plt.Line2D([], [], color=c) for c, _ in styles.values()]
     labels = [la for _, la in styles.values()]
     a_depth = int(rec["a_depth"].iloc[0]) if "a_depth" in rec else None
     labels[0] = f"net A ({a_depth} layers), N(0, 0.01)" if a_depth else labels[0]
     if len(he):
-        handles.append(plt.Line2D([], [], color="#000000", ls="--"))
+        handles.append(plt.Line2D([], [], color=he_color, ls="--"))
         labels.append(f"{depth} layers, He fan_in from scratch")
     ax.legend(handles, labels, fontsize=8, loc="center right", bbox_to_anchor=(1.0, 0.62), framealpha=0.9)
     ax.set_xlabel("SGD updates (the deep nets start after net A's)")

@@ -320,7 +320,7 @@ def test_run_tiny_config_end_to_end():
     deep = curves[curves["phase"] == "recipe_fixed"]
     assert deep["step"].min() == TINY.recipe_a_steps and deep["step"].max() == TINY.recipe_a_steps + TINY.steps
     figures = v.plot(out, out)
-    assert set(figures) == {"variance_vs_depth", "loss_curves", "steps_heatmap", "recipe"}
+    assert set(figures) == {"variance_forward", "variance_backward", "loss_curves", "steps_heatmap", "recipe"}
     import matplotlib.pyplot as plt
 
     for fig in figures.values():
