@@ -7,7 +7,8 @@ process CPU-time ratios beside them (CPU time counts the work done, whatever els
 - one probe record (the traced probe function, its scalars moved to the host) over a hand-written tf.function
   forward + backward with GradientTape on the same probe batch (target: <= 1.2x), and the same through
   `measure()` (which also builds the record's DataFrame).
-Each time is the minimum over interleaved repeats after a warm-up (tracing excluded). Never asserted: read the ratios.
+Each time is the minimum over interleaved repeats after a warm-up (tracing excluded); fit times are summed from
+per-step clock readings, robust to bursts of other work (`_robust_total`). Never asserted: read the ratios.
 """
 
 from __future__ import annotations
@@ -64,43 +65,85 @@ def _ratios(times: dict, base: str) -> dict[str, tuple[float, float]]:
     return {k: (v[0] / times[base][0], v[1] / times[base][1]) for k, v in times.items() if k != base}
 
 
+class _Stamp(keras.callbacks.Callback):
+    """Clock readings (wall, process CPU) at each hook; one instance goes first in the callback list, one last."""
+
+    def __init__(self):
+        super().__init__()
+        self.t: dict = {}
+
+    def _mark(self, key):
+        self.t[key] = np.array([time.perf_counter(), time.process_time()])
+
+    def on_train_begin(self, logs=None):
+        self._mark("begin")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._mark(("begin", batch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._mark(("end", batch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._mark("epoch_end")
+
+    def on_train_end(self, logs=None):
+        self._mark("end")
+
+
+def _robust_total(first: _Stamp, last: _Stamp, steps: int, recorded: set[int]) -> np.ndarray:
+    """(wall, cpu) of one fit: the monitor's hooks outside steps, plus its steps, where a group of 5 or more alike
+    steps (recording or not) counts as its median times its size, so a burst of other work on a shared machine
+    does not land on one configuration only."""
+    total = sum(last.t[k] - first.t[k] for k in ("begin", "epoch_end", "end"))
+    times = {b: last.t[("end", b)] - first.t[("begin", b)] for b in range(steps)}
+    for group in (recorded, set(range(steps)) - recorded):
+        if group:
+            block = np.stack([times[b] for b in sorted(group)])
+            total = total + (np.median(block, axis=0) * len(group) if len(group) >= 5 else block.sum(axis=0))
+    return total
+
+
 def fit_ratios(build, repeats: int) -> tuple[dict, float]:
     """Fit time with each monitor configuration over a plain fit of the same steps: {config: (wall, cpu) ratio}.
 
-    every=50 runs 100 steps (records at steps 0, 50 and 100, so the record at initialization counts too); every=1
-    runs 20 steps against a plain fit of 20 steps.
+    every=50 runs 100 steps (records at steps 0, 50 and 100: the record at initialization counts too); every=1
+    runs 20 steps. Times are taken per step inside the fit (see `_robust_total`), the minimum over repeats.
     """
     keras.utils.set_random_seed(0)
     model, shape = build()
     _compile(model)
     x, y = _data(shape, BATCH * 100, 1)
     probe = _data(shape, PROBE, 2)
-    configs = {  # name: (monitor or None, steps)
-        "plain": (None, 100),
-        "every=50": (VarianceMonitor(probe=probe, every=50), 100),
-        "every=50 train_batch": (VarianceMonitor(every=50, source="train_batch"), 100),
-        "plain 20": (None, 20),
-        "every=1": (VarianceMonitor(probe=probe, every=1), 20),
-        "every=1 train_batch": (VarianceMonitor(every=1, source="train_batch"), 20),
+    configs = {  # name: (monitor or None, steps, batches that record)
+        "plain": (None, 100, set()),
+        "every=50": (VarianceMonitor(probe=probe, every=50), 100, {49, 99}),
+        "every=50 train_batch": (VarianceMonitor(every=50, source="train_batch"), 100, {0, 50}),
+        "plain 20": (None, 20, set()),
+        "every=1": (VarianceMonitor(probe=probe, every=1), 20, set(range(20))),
+        "every=1 train_batch": (VarianceMonitor(every=1, source="train_batch"), 20, set(range(20))),
     }
 
-    def run(cb, n):
-        callbacks = [] if cb is None else [cb]
+    def run(cb, n, recorded):
+        first, last = _Stamp(), _Stamp()
+        callbacks = [first, last] if cb is None else [first, cb, last]
         model.fit(x[: BATCH * n], y[: BATCH * n], batch_size=BATCH, verbose=0, shuffle=False, callbacks=callbacks)
+        return _robust_total(first, last, n, recorded)
 
-    for cb, _ in configs.values():  # warm-up: trace every function once
-        run(cb, 2)
-    times: dict = {}
+    for cb, _, _ in configs.values():  # warm-up: trace every function once
+        run(cb, 2, set())
+    best: dict = {}
     for _ in range(repeats):
-        for name, (cb, steps) in configs.items():
-            t0 = _clock()
-            run(cb, steps)
-            _best(times, name, t0)
+        for name, (cb, steps, recorded) in configs.items():
+            best[name] = np.minimum(best.get(name, np.inf), run(cb, steps, recorded))
             if cb is not None and cb.to_frame().empty:
                 raise RuntimeError(f"{name}: the monitor recorded nothing")
-    long = _ratios({k: v for k, v in times.items() if configs[k][1] == 100}, "plain")
-    short = _ratios({k: v for k, v in times.items() if configs[k][1] == 20}, "plain 20")
-    return long | short, times["plain"][0] / 100
+    ratios = {}
+    for name, (_, steps, _) in configs.items():
+        if not name.startswith("plain"):
+            base = best["plain" if steps == 100 else "plain 20"]
+            ratios[name] = tuple(best[name] / base)
+    return ratios, float(best["plain"][0]) / 100
 
 
 def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:

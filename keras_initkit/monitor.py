@@ -20,10 +20,11 @@ activation layer without one (ReLU, LeakyReLU, ELU, PReLU, Softmax) records its 
 
 Two sources:
 - `source="probe"` (default): a fixed probe batch, one extra forward and backward pass per record.
-- `source="train_batch"`: statistics of the training batch itself, computed inside Keras' own train step (gated on
-  device by the schedule), from the forward tensors, the gradients that back-propagation computes anyway (read by
-  identity ops with a custom gradient) and the kernel gradients handed to the optimizer. It costs no extra pass, so
-  recording every step stays cheap. The step is not replaced: the wrapper calls the model's own `train_step`.
+- `source="train_batch"`: statistics of the training batch itself, computed inside Keras' own train step from the
+  forward tensors, the gradients that back-propagation computes anyway (read by identity ops with a custom
+  gradient) and the kernel gradients handed to the optimizer. It costs no extra pass, so recording every step
+  stays cheap. The step is not replaced: a second train function (traced once) runs the model's own `train_step`
+  with these taps, and the monitor hands Keras that function for the scheduled steps only, its own otherwise.
 """
 
 from __future__ import annotations
@@ -527,7 +528,7 @@ class VarianceMonitor(keras.callbacks.Callback):
         log_dir: if given, TensorBoard scalars `<layer>/<kind>/<stat>` are written there (TensorFlow summaries).
         source: "probe" (the probe batch; one extra forward and backward pass per record) or "train_batch" (the
             training batch, inside Keras' train step: no extra pass; the model must not override `train_step`;
-            with `steps_per_execution > 1` the last scheduled step of each execution is kept).
+            with `steps_per_execution > 1`, an execution that holds a scheduled step records its last step).
         training: run the probe in training mode (batch statistics in BatchNormalization, dropout active), as the
             optimizer sees the model. The probe pass never updates the model's state either way.
         quantile_sample: percentiles are computed on a fixed pseudo-random sample of this many elements of larger
@@ -659,6 +660,7 @@ class VarianceMonitor(keras.callbacks.Callback):
         self._epoch_base = 0
         self._last_probe_step = None
         self._warned_diverged = False
+        self._recording_now = False
 
     def _flush(self):
         """Move pending records (device tensors) to the host table; warn about divergence; write TensorBoard."""
@@ -970,7 +972,7 @@ class VarianceMonitor(keras.callbacks.Callback):
     # -- source="train_batch": statistics inside Keras' own train step --------------------------------------------
 
     def _install_train_batch(self, model):
-        """Swap in a train function that runs Keras' own `train_step` with the taps; reused across fits."""
+        """Build (once per model and compile) the recording train function: Keras' own `train_step` with taps."""
         tf = _tf()
         if type(model).train_step is not keras.Model.train_step:
             raise ValueError(
@@ -986,7 +988,6 @@ class VarianceMonitor(keras.callbacks.Callback):
                 "targets": targets,
                 "slots": {},
                 "layout": _Layout(targets),
-                "counter": tf.Variable(0, dtype=tf.int64),
                 "hist": self._hist_state(targets),
                 "read": None,
                 "original": original,
@@ -996,18 +997,14 @@ class VarianceMonitor(keras.callbacks.Callback):
             monitor = self
 
             def train_step(data):
-                step = st["counter"].read_value()
-                flag = monitor._due_graph(step)
                 opt = model.optimizer
                 scale = None
                 if isinstance(opt, keras.optimizers.LossScaleOptimizer):
                     scale = opt.scale_loss(tf.constant(1.0))
-                taps = _StepTaps(monitor, st, flag, scale)
+                taps = _StepTaps(monitor, st, scale)
                 with _Hooks(st["targets"], taps.on_preact, taps.on_activation, taps.after_call):
                     with _OptimizerTap(opt, taps.on_apply):
-                        logs = orig_step(data)
-                st["counter"].assign_add(1)
-                return logs
+                        return orig_step(data)
 
             # Keras builds its train function from `self.train_step` as found now; the attribute is removed at once.
             object.__setattr__(model, "train_step", train_step)
@@ -1015,25 +1012,16 @@ class VarianceMonitor(keras.callbacks.Callback):
                 model.make_train_function(force=True)
             finally:
                 object.__delattr__(model, "train_step")
-            st["wrapped"] = model.train_function
+            st["recording"] = model.train_function
+            model.train_function = original
             self._train_state = st
-        st["counter"].assign(0)
         self._reset_hist(st["hist"])
-        model.train_function = st["wrapped"]
+        self._recording_now = False
 
     def _uninstall_train_batch(self, model):
         st = self._train_state
-        if st is not None and st["model"]() is model and model.train_function is st["wrapped"]:
+        if st is not None and st["model"]() is model:
             model.train_function = st["original"]
-
-    def _due_graph(self, step):
-        """The schedule on the device: is training step `step` (0-based, steps done before it) recorded?"""
-        tf = _tf()
-        if self.every == "log":
-            due = tf.equal(tf.bitwise.bitwise_and(step, step - 1), 0)
-        else:
-            due = tf.equal(step % self.every, 0)
-        return due if self.at_init else due & (step > 0)
 
     def _slot(self, st: dict, key: tuple, compute: Callable):
         """Store `compute(layout)`'s vector in the slot variable `key`; made at the first trace, then reused."""
@@ -1050,8 +1038,8 @@ class VarianceMonitor(keras.callbacks.Callback):
             return var.assign(vec, read_value=False)
         return st["slots"][key].assign(compute(_Layout(st["targets"])), read_value=False)
 
-    def _store(self, st: dict, key: tuple, items: list, flag, scale=None):
-        """One tf.cond: when `flag`, the statistics of every (target, kind, tensor) in `items` go to slot `key`."""
+    def _store(self, st: dict, key: tuple, items: list, scale=None):
+        """The statistics of every (target, kind, tensor) in `items`, into the slot `key`."""
         tf = _tf()
 
         def compute(layout):
@@ -1063,11 +1051,7 @@ class VarianceMonitor(keras.callbacks.Callback):
                     vec += self._unit_values(layout, t, {kind: v}, xla=st["xla"])
             return tf.concat(vec, 0)
 
-        def true_fn():
-            with tf.control_dependencies([self._slot(st, key, compute)]):
-                return tf.constant(True)
-
-        return tf.cond(flag, true_fn, lambda: tf.constant(False))
+        return self._slot(st, key, compute)
 
     def _read_slots(self):
         tf = _tf()
@@ -1116,16 +1100,25 @@ class VarianceMonitor(keras.callbacks.Callback):
         self._epoch = int(epoch)
         self._epoch_base = self._steps
 
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.source == "train_batch":
+            # Keras calls `model.train_function` afresh at each step: the recording one runs only when the schedule
+            # holds a step of this execution, Keras' own (untouched) one otherwise.
+            first = self._epoch_base + int(batch)
+            last = first + int(getattr(self.model, "steps_per_execution", 1) or 1) - 1
+            self._recording_now = self._last_scheduled(first, last) is not None
+            st = self._train_state
+            self.model.train_function = st["recording"] if self._recording_now else st["original"]
+
     def on_train_batch_end(self, batch, logs=None):
         prev, cur = self._steps, self._epoch_base + int(batch) + 1
         self._steps = cur
         if self.source == "probe":
             if self._last_scheduled(prev + 1, cur) is not None:
                 self._record_probe(self.model, cur, self._epoch)
-        else:
-            t = self._last_scheduled(prev, cur - 1)
-            if t is not None:
-                self._pending.append((self._train_state["layout"], t, self._epoch, self._read_slots()))
+        elif self._recording_now:  # the slots hold the statistics of the execution's last step, cur - 1
+            self._pending.append((self._train_state["layout"], cur - 1, self._epoch, self._read_slots()))
+            self._recording_now = False
 
     def on_epoch_end(self, epoch, logs=None):
         if self.record_epoch_end and self._last_probe_step != self._steps:
@@ -1142,17 +1135,17 @@ class VarianceMonitor(keras.callbacks.Callback):
 
 
 class _StepTaps:
-    """The taps of one traced train step (source="train_batch"), each a tf.cond on the schedule's `flag`.
+    """The taps of the recording train step (source="train_batch"), applied while it is traced.
 
-    Per layer, one for the forward statistics (s, f(s), W) once the layer returned and one for the backward ones
-    when dC/ds arrives (dC/df(s) arrives just before it and waits); one for every kernel gradient as the optimizer
-    receives them. The gradients are read by identity ops with a custom gradient: back-propagation computes them
-    anyway. No control dependencies: a tf.function runs every stateful op it holds (the slot assignments), so the
-    statistics may run beside the next layer instead of holding it up.
+    Per layer, the forward statistics (s, f(s), W) once the layer returned and the backward ones when dC/ds arrives
+    (dC/df(s) arrives just before it and waits); every kernel gradient as the optimizer receives them. The gradients
+    are read by identity ops with a custom gradient: back-propagation computes them anyway. No control
+    dependencies: a tf.function runs every stateful op it holds (the slot assignments), so the statistics may run
+    beside the next layer instead of holding it up.
     """
 
-    def __init__(self, monitor: VarianceMonitor, st: dict, flag, scale):
-        self.monitor, self.st, self.flag, self.scale = monitor, st, flag, scale
+    def __init__(self, monitor: VarianceMonitor, st: dict, scale):
+        self.monitor, self.st, self.scale = monitor, st, scale
         self.forward: dict[int, dict[str, Any]] = {}
         self.waiting: dict[int, Any] = {}  # dC/df(s) of a layer whose dC/ds has not arrived yet
         self.by_var = {id(t.kernel): t for t in st["targets"] if t.kernel is not None}
@@ -1182,7 +1175,7 @@ class _StepTaps:
         items = [(t, kind, x) for kind, x in self.forward.pop(t.index).items()]
         if t.kernel is not None:
             items.append((t, "kernel", _tf().convert_to_tensor(t.kernel.value)))
-        self.monitor._store(self.st, ("forward", t.index), items, self.flag)
+        self.monitor._store(self.st, ("forward", t.index), items)
 
     def _on_grad(self, t: _Target, kind: str, dy):
         if kind == "activation":
@@ -1191,7 +1184,7 @@ class _StepTaps:
         items = [(t, "grad_preact", dy)]
         if t.index in self.waiting:
             items.append((t, "grad_activation", self.waiting.pop(t.index)))
-        self.monitor._store(self.st, ("backward", t.index), items, self.flag, self.scale)
+        self.monitor._store(self.st, ("backward", t.index), items, self.scale)
 
     def on_apply(self, grads_and_vars: list):
         targets = [(self.by_var.get(id(v)), g) for g, v in grads_and_vars]
@@ -1199,7 +1192,7 @@ class _StepTaps:
         items += [(self.st["targets"][i], "grad_activation", dy) for i, dy in self.waiting.items()]
         self.waiting.clear()
         if items:
-            self.monitor._store(self.st, ("kernel_gradients",), items, self.flag, self.scale)
+            self.monitor._store(self.st, ("kernel_gradients",), items, self.scale)
 
 
 class _OptimizerTap:

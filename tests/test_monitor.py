@@ -288,6 +288,17 @@ def test_schedule_steps(source, every, steps, expected):
     assert sorted(df.step.unique()) == expected
 
 
+@pytest.mark.parametrize("source, expected", [("probe", [0, 4, 8]), ("train_batch", [3, 7])])
+def test_steps_per_execution(source, expected):
+    # Two executions of 4 steps. The probe records after each (steps done: 4, 8); the training batch is recorded
+    # at the last step of an execution that holds a scheduled step (0 and 4): steps 3 and 7.
+    model = _small_model()
+    model.compile("sgd", LOSS, steps_per_execution=4)
+    x, y = _data(16, 6)
+    monitor = VarianceMonitor(probe=(x, y) if source == "probe" else None, every=4, stats=["var"], source=source)
+    assert sorted(_fit(model, monitor, steps=8).step.unique()) == expected
+
+
 def test_at_init_off_and_epoch_end_records():
     x, y = _data(16, 6)
     monitor = VarianceMonitor(probe=(x, y), every=4, at_init=False, on_epoch_end=True, stats=["var"])
