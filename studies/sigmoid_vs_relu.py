@@ -928,67 +928,55 @@ def _main_dataset(frame: pd.DataFrame) -> str:
 
 
 def _fig2(training: pd.DataFrame):
-    """Fig 2: mean (line) and std (band) of each hidden layer's sigmoid outputs over training, mean over seeds."""
-    import matplotlib.pyplot as plt
+    """Fig 2: mean (line) and std (band) of each hidden layer's sigmoid outputs over training, mean over seeds;
+    one panel per depth of net (4: Fig 2; 5 where the profile runs it)."""
+    from keras_initkit.plots import stat_over_training
 
     sel = training[
         (training["dataset"] == "shapeset") & (training["activation"] == "sigmoid") & (training["init"] == "standard")
     ]
-    depths = sorted(sel["n_hidden"].unique())
-    fig, axes = plt.subplots(1, max(len(depths), 1), figsize=(6.5 * max(len(depths), 1), 4), squeeze=False)
-    for ax, n_hidden in zip(axes[0], depths, strict=False):
-        part = sel[sel["n_hidden"] == n_hidden]
-        wide = part.pivot_table(index=["step", "depth"], columns="stat", values="value", aggfunc="mean").reset_index()
-        for depth, g in wide.groupby("depth"):
-            line = ax.plot(g["step"], g["mean"], label=f"layer {depth + 1}")[0]
-            ax.fill_between(g["step"], g["mean"] - g["std"], g["mean"] + g["std"], color=line.get_color(), alpha=0.15)
+    fig = stat_over_training(
+        sel, kind="activation", center="mean", spread="std", col="n_hidden",
+        title=f"Fig 2: sigmoid, standard init, {sel['seed'].nunique()} seeds",
+    )  # fmt: skip
+    for ax in fig.axes:
         ax.axhline(G1_TOP, color="grey", ls=":", lw=1)
-        ax.axvline(G1_EARLY * part["step"].max(), color="grey", ls="--", lw=1)
-        ax.set(xlabel="SGD updates", ylabel="activation value", ylim=(-0.05, 1.05),
-               title=f"sigmoid, standard init, {n_hidden} hidden layers ({part['seed'].nunique()} seeds)")  # fmt: skip
-        ax.legend(loc="upper right", fontsize=8)
-    fig.suptitle("Fig 2: mean (line) and std (band) of the activations on 300 held-out examples; dotted: 0.1, "
-                 f"dashed: first {G1_EARLY:.0%} of the updates", fontsize=10)  # fmt: skip
-    fig.tight_layout()
+        ax.axvline(G1_EARLY * sel["step"].max(), color="grey", ls="--", lw=1)
+        ax.set(xlabel=f"SGD updates (dashed: first {G1_EARLY:.0%})", ylim=(-0.05, 1.05))
+        ax.legend(title="layer", fontsize="small", loc="upper left", ncols=2)
     return fig
 
 
 def _histograms(hist: pd.DataFrame, kind: str, title: str):
-    """Figs 6-8: per-layer histograms (density) at init, tanh, standard (top) vs normalized (bottom), first seed."""
-    import matplotlib.pyplot as plt
+    """Figs 6-8: per-layer histograms (density) at init, tanh, standard vs normalized init, the first seed."""
+    from keras_initkit.plots import layer_histograms
 
     dataset = _main_dataset(hist)
     sel = hist[(hist["dataset"] == dataset) & (hist["activation"] == "tanh") & (hist["kind"] == kind)]
-    inits = [i for i in ("standard", "normalized") if i in set(sel["init"])]
-    fig, axes = plt.subplots(len(inits), 1, figsize=(7, 2.8 * max(len(inits), 1)), squeeze=False)
-    for ax, init in zip(axes[:, 0], inits, strict=False):
-        part = sel[(sel["init"] == init) & (sel["seed"] == sel.loc[sel["init"] == init, "seed"].min())]
-        for depth, g in part.groupby("depth"):
-            g = g.sort_values("bin")
-            ax.plot((g["left"] + g["right"]) / 2, g["value"] / (g["right"] - g["left"]), label=f"layer {depth + 1}")
-        ax.set(ylabel="density", title=f"tanh, {init} init")
-        ax.legend(fontsize=8)
-    axes[-1, 0].set_xlabel({"activation": "activation value", "grad_preact": "dC/ds", "grad_kernel": "dC/dW"}[kind])
-    fig.suptitle(f"{title} ({dataset}, at initialization)", fontsize=10)
-    fig.tight_layout()
+    sel = sel[sel["seed"] == sel["seed"].min()].copy()  # the bins of dC/ds and dC/dW differ from seed to seed
+    # a density (fraction / bin width): the layers' bins have different widths for the gradient kinds
+    sel["density"] = sel["value"] / (sel["right"] - sel["left"])
+    fig = layer_histograms(
+        sel.drop(columns="value"), kind=kind, step=0, col="init", title=f"{title} ({dataset}, tanh, at init)"
+    )
+    for ax in fig.axes:
+        ax.tick_params(axis="x", labelrotation=30)
     return fig
 
 
-def _variance_vs_depth(init: pd.DataFrame):
-    """Variance per hidden layer at init of s, f(s), dC/ds and dC/dW, per row (mean and sd over seeds)."""
-    import seaborn as sns
+VARIANCE_FIGURES = (
+    ("activation", "Var(f(s)) per hidden layer at init (G2, Fig 6); mean and range over seeds"),
+    ("grad_preact", "Var(dC/ds) per hidden layer at init (G3, Fig 7); mean and range over seeds"),
+    ("grad_kernel", "Var(dC/dW) per hidden layer at init (G4, Fig 8); mean and range over seeds"),
+    ("preact", "Var(s) per hidden layer at init (G7 for ReLU He); mean and range over seeds"),
+)
 
-    sel = init[(init["stat"] == "var") & init["kind"].isin([k for k, _, _ in FACTOR_COLUMNS])].copy()
-    sel["layer index"] = sel["depth"] + 1
-    sel = sel.rename(columns={"value": "variance"})
-    grid = sns.relplot(data=sel, x="layer index", y="variance", hue="row", hue_order=_rows_in(sel), col="kind",
-                       col_order=[k for k, _, _ in FACTOR_COLUMNS], row="dataset", row_order=_datasets_in(sel),
-                       kind="line", marker="o", errorbar=("pi", 100), height=2.8, aspect=1.0,
-                       facet_kws={"sharey": False})  # fmt: skip
-    grid.set(yscale="log", xticks=sorted(sel["layer index"].unique()))
-    grid.set_titles("{row_name}: {col_name}")
-    grid.figure.suptitle("Variance per hidden layer at initialization, mean and range over seeds", y=1.02)
-    return grid.figure
+
+def _variance_vs_depth(init: pd.DataFrame, kind: str, title: str):
+    """Variance of one kind per hidden layer at init, per row, one panel per data set (mean, range over seeds)."""
+    from keras_initkit.plots import variance_vs_depth
+
+    return variance_vs_depth(init, kind=kind, hue="row", col="dataset", step=0, errorbar=("pi", 100), title=title)
 
 
 def _jacobian(jac: pd.DataFrame):
@@ -1054,7 +1042,8 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
         figures["fig8_weight_gradient_histograms"] = _histograms(hist, "grad_kernel", "Fig 8: weight gradients dC/dW")
     init = _chosen(tables.get("init", pd.DataFrame()), summary)
     if len(init):
-        figures["variance_vs_depth"] = _variance_vs_depth(init)
+        for kind, title in VARIANCE_FIGURES:
+            figures[f"variance_{kind}"] = _variance_vs_depth(init, kind, title)
     jac = _chosen(tables.get("jacobian", pd.DataFrame()), summary)
     if len(jac):
         figures["jacobian_singular_values"] = _jacobian(jac)

@@ -336,7 +336,8 @@ def test_tiny_config_through_the_runner_writes_report_and_figures(tmp_path):
         assert f"| {claim} " in report
     figures = {p.stem for p in (root / "figures").glob("*.png")}
     assert {"fig2_sigmoid_activations", "fig6_activation_histograms", "fig7_backprop_gradient_histograms",
-            "fig8_weight_gradient_histograms", "variance_vs_depth", "jacobian_singular_values",
-            "table1_test_error", "learning_curves"} <= figures  # fmt: skip
+            "fig8_weight_gradient_histograms", "variance_activation", "variance_grad_preact",
+            "variance_grad_kernel", "variance_preact", "jacobian_singular_values", "table1_test_error",
+            "learning_curves"} <= figures  # fmt: skip
     claims = pd.read_csv(root / "claims.csv")
     assert list(claims["claim"]) == [f"G{i}" for i in range(1, 8)]
