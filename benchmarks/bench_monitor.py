@@ -186,7 +186,7 @@ def main() -> None:
     if not gpu:
         print("CPU time counts the work done whatever else runs on the machine; wall time does not.")
     for name, build in (("5x1000 tanh MLP", mlp), ("20-layer conv net", convnet)):
-        pr, floor = probe_ratios(build, calls=2, repeats=4)
+        pr, floor = probe_ratios(build, calls=1, repeats=8)
         cells = ", ".join(f"{k} {w:.2f}x ({c:.2f}x)" for k, (w, c) in pr.items())
         print(f"{name}: one record vs floor {floor * 1e3:.0f} ms (target <= 1.2x): {cells}", flush=True)
         fr, step = fit_ratios(build, repeats=2)
