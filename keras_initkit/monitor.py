@@ -270,7 +270,7 @@ class _Target:
         return KINDS if self.kernel is not None else KINDS[:4]
 
 
-def _leaves(model) -> list[tuple[Any, list[str]]]:
+def leaf_layers(model) -> list[tuple[Any, list[str]]]:
     """Leaf layers in order (input side first), through nested models, each with its containers' names."""
     out, seen = [], set()
 
@@ -292,8 +292,11 @@ def _is_default(layer) -> bool:
     return bool(layer.weights) or callable(getattr(layer, "activation", None)) or type(layer) in _ACTIVATION_LAYERS
 
 
-def _select_layers(model, layers) -> list[_Target]:
-    leaves = _leaves(model)
+def select_layers(model, layers) -> list[_Target]:
+    """The leaf layers `layers` selects (None: layers with weights or an activation; names; a regex; types), in order,
+    each with its depth, display name, how its activation is reached and its kernel. Shared by the monitor and theory.
+    """
+    leaves = leaf_layers(model)
     if layers is None:
         chosen = [(la, p) for la, p in leaves if _is_default(la)]
     elif isinstance(layers, str):
@@ -844,7 +847,7 @@ class VarianceMonitor(keras.callbacks.Callback):
             raise ValueError(
                 f"The model must be built (called on data, or given an Input) before measuring: {model.name!r}"
             )
-        targets = _select_layers(model, self.layers)
+        targets = select_layers(model, self.layers)
         x, y, sw = self.probe
         grads = y is not None and getattr(model, "compiled", False) and getattr(model, "loss", None) is not None
         if y is None:
@@ -982,7 +985,7 @@ class VarianceMonitor(keras.callbacks.Callback):
         st = self._train_state
         original = model.make_train_function() or model.train_function  # fit made it already; compile() resets it
         if st is None or st["model"]() is not model or st["original"] is not original:
-            targets = _select_layers(model, self.layers)
+            targets = select_layers(model, self.layers)
             st = {
                 "model": weakref.ref(model),
                 "targets": targets,

@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from keras_initkit.activations import moments
-from keras_initkit.monitor import _leaves, _select_layers
+from keras_initkit.monitor import leaf_layers, select_layers
 
 __all__ = ["THEORY_KINDS", "compare", "layer_fans", "predict_variance"]
 
@@ -806,14 +806,14 @@ def predict_variance(
             "`model` must have one input with a fixed shape (every axis but the batch known). "
             f"Received: input shapes {[tuple(x.shape) for x in inputs]}"
         )
-    targets = {id(t.layer): t for t in _select_layers(model, layers)}
+    targets = {id(t.layer): t for t in select_layers(model, layers)}
     n, positions = int(in_shape[-1]), math.prod(in_shape[:-1])
     mean0, var0 = _per_unit(input_mean, n, "input_mean"), _per_unit(input_var, n, "input_var")
     sig = _Signal(in_shape, _ID, np.tile(mean0, (positions, 1)), np.tile(var0, (positions, 1)))
 
     rows, steps = [], []
     softmax_at = None
-    for layer, _parents in _leaves(model):
+    for layer, _parents in leaf_layers(model):
         t = targets.get(id(layer))
         if softmax_at is not None and t is not None:
             raise ValueError(
