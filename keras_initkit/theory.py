@@ -893,7 +893,8 @@ def compare(measured: pd.DataFrame, predicted: pd.DataFrame, *, step: int | None
 
     Example:
     >>> monitor = VarianceMonitor(probe=(x[:256], y[:256]))
-    >>> table = compare(monitor.measure(model), predict_variance(model, input_var=float(x.var())))
+    >>> predicted = predict_variance(model, input_var=x.var(axis=0), input_mean=x.mean(axis=0))
+    >>> table = compare(monitor.measure(model), predicted)
 
     Args:
         measured: a monitor frame (`VarianceMonitor.to_frame()` or `.measure()`), or any frame with columns layer,
