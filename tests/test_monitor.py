@@ -299,6 +299,44 @@ def test_steps_per_execution(source, expected):
     assert sorted(_fit(model, monitor, steps=8).step.unique()) == expected
 
 
+class _StopAt(keras.callbacks.Callback):
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.model.stop_training = True
+
+
+@pytest.mark.parametrize("source", ["probe", "train_batch"])
+def test_steps_exact_when_training_stops_mid_epoch(source):
+    x, y = _data(16, 6)
+    monitor = VarianceMonitor(probe=(x, y), every=3, on_epoch_end=True, stats=["var"], source=source)
+    xs, ys = _data(80, 6, seed=7)  # 10 batches; stopped after batch 6: 7 steps done
+    _small_model().fit(xs, ys, batch_size=8, callbacks=[_StopAt(6), monitor], verbose=0, shuffle=False)
+    steps = sorted(monitor.to_frame().step.unique())
+    # 0, 3, 6 by schedule (after 3 and 6 updates, or the training batches of steps 3 and 6), 7 at the epoch's end
+    assert steps == [0, 3, 6, 7]
+
+
+def test_steps_exact_on_data_of_unknown_length():
+    x, y = _data(80, 6, seed=7)
+
+    def batches():
+        for i in range(10):
+            yield x[8 * i : 8 * i + 8], y[8 * i : 8 * i + 8]
+
+    spec = (tf.TensorSpec((None, 6), tf.float32), tf.TensorSpec((None,), tf.int64))
+    data = tf.data.Dataset.from_generator(batches, output_signature=spec)  # unknown cardinality: the epoch ends
+    monitor = VarianceMonitor(probe=(x[:16], y[:16]), every=5, on_epoch_end=True, stats=["var"])  # by running out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras: "Your input ran out of data", the end of an epoch here
+        _small_model().fit(data, epochs=2, callbacks=[monitor], verbose=0)
+    got = monitor.to_frame().drop_duplicates(["step", "epoch"])[["step", "epoch"]].values.tolist()
+    assert got == [[0, 0], [5, 0], [10, 0], [15, 1], [20, 1]]
+
+
 def test_at_init_off_and_epoch_end_records():
     x, y = _data(16, 6)
     monitor = VarianceMonitor(probe=(x, y), every=4, at_init=False, on_epoch_end=True, stats=["var"])
