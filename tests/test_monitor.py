@@ -449,6 +449,25 @@ def test_save_parquet_and_csv(tmp_path):
         monitor.save(tmp_path / "layers.txt")
 
 
+@pytest.mark.parametrize("source", ["probe", "train_batch"])
+def test_memory_grows_by_scalars_per_record_whatever_the_batch(source):
+    # Issue 3: the table grows by (layers x kinds x stats) scalars a record, histograms included (fixed bins), and
+    # nothing holds a raw tensor: the stored size does not depend on the probe or batch size.
+    sizes = {}
+    for n in (16, 64):
+        x, y = _data(n, 6)
+        monitor = VarianceMonitor(probe=(x, y), every=1, histograms=True, bins=10, source=source)
+        _fit(_small_model(), monitor, steps=4, batch=n)
+        records = monitor._records
+        assert len(records) == (5 if source == "probe" else 4)  # steps 0-4 after updates, or batches 0-3
+        per_record = {vec.nbytes for *_, vec in records}
+        assert len(per_record) == 1 and all(isinstance(vec, np.ndarray) for *_, vec in records)
+        sizes[n] = per_record.pop()
+        df = monitor.to_frame()
+        assert len(df) == len(records) * len(df.drop_duplicates(["layer", "kind", "stat"]))
+    assert sizes[16] == sizes[64]
+
+
 def test_histograms_match_numpy_with_fixed_edges():
     keras.utils.set_random_seed(5)
     model = _mlp([16], "tanh", lambda i: keras.initializers.RandomNormal(stddev=0.5, seed=i), 8)
