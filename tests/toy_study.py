@@ -182,14 +182,12 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
 
 
 def run(cfg: Config) -> dict[str, pd.DataFrame]:
-    per_trial: dict[str, list[pd.DataFrame]] = {}
-    for trial in trials(cfg):
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(trial["seed"])
-        for name, frame in run_trial(cfg, trial).items():
-            per_trial.setdefault(name, []).append(frame)
-    tables = {name: pd.concat(frames, ignore_index=True) for name, frames in per_trial.items()}
-    return {**tables, **summarize(cfg, tables)}
+    """Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."""
+    import sys
+
+    from keras_initkit.study.runner import run_in_process
+
+    return run_in_process(sys.modules[__name__], cfg)
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ from keras_initkit.study.grid import derive_seed, expand_grid, trial_id
 
 _LAZY = {
     "run_study": "runner",
+    "run_in_process": "runner",
     "plot_study": "runner",
     "load_study": "runner",
     "StudyResult": "runner",

@@ -228,6 +228,21 @@ def is_diverged(tables: Mapping[str, pd.DataFrame]) -> str | None:
     return None
 
 
+def run_in_process(module: ModuleType, cfg: Any) -> dict[str, pd.DataFrame]:
+    """A study's plain serial run in this process, with no files: each trial seeded as `execute_trial` seeds it,
+    its tables concatenated in grid order, plus `summarize(cfg, them)`. What every study's `run(cfg)` returns."""
+    import keras
+
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for trial in module.trials(cfg):
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(trial_seed(trial, trial_id(trial, cfg)))
+        for name, frame in module.run_trial(cfg, trial).items():
+            frames.setdefault(name, []).append(frame)
+    tables = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
+    return {**tables, **module.summarize(cfg, tables)}
+
+
 def execute_trial(task: TrialTask) -> TrialResult:
     """Run one trial in this process: seed, build, train (all inside the study's run_trial), serialize tables."""
     import keras
