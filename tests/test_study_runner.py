@@ -277,3 +277,30 @@ def test_store_writes_atomically_and_detects_damage(tmp_path):
     assert list(found) == ["abc"] and corrupt == {}
     with pytest.raises(TypeError, match="DataFrame"):
         store.table_to_parquet([1, 2])
+
+
+def test_git_commit_is_dirty_for_code_changes_not_for_committed_reports(tmp_path):
+    import shutil
+    import subprocess
+
+    from keras_initkit.study.report import git_commit
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True)
+
+    (tmp_path / "docs" / "results" / "toy").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "toy" / "REPORT.md").write_text("old\n")
+    (tmp_path / "study.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    head = git_commit(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    (tmp_path / "docs" / "results" / "toy" / "REPORT.md").write_text("new\n")  # a study rewrote its report
+    assert git_commit(tmp_path) == head
+    (tmp_path / "study.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "+dirty"
+    assert git_commit(tmp_path.parent / "no-such-repo-here") is None

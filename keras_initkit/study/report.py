@@ -90,13 +90,17 @@ def devices() -> list[str]:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """HEAD's commit (with "+dirty" when the tree has changes), or None outside a git checkout."""
+    """HEAD's commit (with "+dirty" when tracked files have changes), or None outside a git checkout.
+
+    The committed study reports under docs/results/ are outputs, not inputs: a study that rewrites them (as each
+    `make study-<name>` does) leaves the next study's commit clean.
+    """
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)docs/results"],
             cwd=cwd,
             capture_output=True,
             text=True,
