@@ -66,6 +66,7 @@ import pandas as pd
 
 from keras_initkit.initializers import FixedNormal
 from keras_initkit.study.grid import derive_seed, expand_grid
+from keras_initkit.study.metrics import accuracy
 
 NAME = "batchnorm"
 
@@ -263,16 +264,6 @@ def set_bn_statistics(model: keras.Model, stats: Sequence[tuple[np.ndarray, np.n
     for bn, (mean, var) in zip(bns, stats, strict=True):
         bn.moving_mean.assign(mean)
         bn.moving_variance.assign(var)
-
-
-def accuracy(model: keras.Model, x, y, batch: int = 2000) -> float:
-    """Held-out accuracy in inference mode (`training=False`); rows with non-finite logits count as wrong."""
-    right = 0
-    for i in range(0, len(x), batch):
-        logits = np.asarray(model.predict_on_batch(x[i : i + batch]))
-        pred = np.where(np.isfinite(logits).all(axis=1), logits.argmax(axis=1), -1)
-        right += int((pred == y[i : i + batch]).sum())
-    return right / max(len(x), 1)
 
 
 def inference_accuracy(model: keras.Model, x, y, x_stats=None) -> tuple[float, float]:

@@ -55,6 +55,7 @@ import threadpoolctl  # a scikit-learn dependency
 
 from keras_initkit.initializers import GlorotAvg, He, StandardUniform
 from keras_initkit.study.grid import derive_seed
+from keras_initkit.study.metrics import error_percent
 
 NAME = "sigmoid_vs_relu"
 
@@ -379,16 +380,6 @@ def jacobian_singular_values(layer, inputs) -> np.ndarray:
         return np.linalg.svd(jac.astype("float64"), compute_uv=False)
 
 
-def _errors(model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 2000) -> float:
-    """Classification error in % (NaN logits count as wrong)."""
-    wrong = 0
-    for i in range(0, len(x), batch):
-        logits = keras.ops.convert_to_numpy(model(x[i : i + batch], training=False))
-        pred = np.where(np.isfinite(logits).all(axis=1), logits.argmax(axis=1), -1)
-        wrong += int((pred != y[i : i + batch]).sum())
-    return 100.0 * wrong / max(len(x), 1)
-
-
 class _Curve(keras.callbacks.Callback):
     """Training loss (mean over the last chunk) and held-out error after each chunk of `every` updates."""
 
@@ -400,7 +391,7 @@ class _Curve(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         loss = float((logs or {}).get("loss", np.nan))
         self.rows.append(
-            {"step": (epoch + 1) * self.every, "train_loss": loss, "val_err": _errors(self.model, self.x, self.y)}
+            {"step": (epoch + 1) * self.every, "train_loss": loss, "val_err": error_percent(self.model, self.x, self.y)}
         )
 
 
@@ -495,9 +486,9 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     final = {
         "steps": steps,
         "width": cfg.width,
-        "train_err": _errors(model, d["x_train"][: len(d["x_test"])], d["y_train"][: len(d["x_test"])]),
-        "val_err": _errors(model, d["x_val"], d["y_val"]),
-        "test_err": _errors(model, d["x_test"], d["y_test"]),
+        "train_err": error_percent(model, d["x_train"][: len(d["x_test"])], d["y_train"][: len(d["x_test"])]),
+        "val_err": error_percent(model, d["x_val"], d["y_val"]),
+        "test_err": error_percent(model, d["x_test"], d["y_test"]),
         "final_loss": curve.rows[-1]["train_loss"] if curve.rows else float("nan"),
         "diverged": bool(curve.rows and not np.isfinite(curve.rows[-1]["train_loss"])),
         "wall_s": time.perf_counter() - start,

@@ -54,6 +54,7 @@ import pandas as pd
 
 from keras_initkit.initializers import FixedNormal, GlorotAvg, GlorotFanIn, He
 from keras_initkit.study.grid import derive_seed
+from keras_initkit.study.metrics import error_percent
 
 NAME = "vgg_depth"
 
@@ -585,15 +586,6 @@ def _loss(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), y].mean())
 
 
-def _test_error(model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
-    wrong = 0
-    for i in range(0, len(x), batch):
-        logits = keras.ops.convert_to_numpy(model(x[i : i + batch], training=False))
-        pred = np.where(np.isfinite(logits).all(axis=1), logits.argmax(axis=1), -1)
-        wrong += int((pred != y[i : i + batch]).sum())
-    return 100.0 * wrong / max(len(x), 1)
-
-
 def curve_outcome(curve: pd.DataFrame, num_classes: int, threshold: float) -> dict:
     """From a loss curve (step, loss; its first row before training): updates to the threshold, final loss, stalled.
 
@@ -674,7 +666,7 @@ def _train_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     curve = _train(model, cfg, trial["steps"], seed)
     final = {
         **curve_outcome(curve, d.num_classes, cfg.loss_threshold),
-        "test_err": _test_error(model, d.x_test, d.y_test),
+        "test_err": error_percent(model, d.x_test, d.y_test),
         "wall_s": time.perf_counter() - start,
     }
     return {
@@ -695,7 +687,7 @@ def _recipe_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     curves = [curve_a.assign(phase="A")]
     finals = [
         {**curve_outcome(curve_a, d.num_classes, cfg.loss_threshold), "phase": "A", "a_steps": 0,
-         "test_err": _test_error(net_a, d.x_test, d.y_test), "wall_s": time.perf_counter() - start, "copied": ""}
+         "test_err": error_percent(net_a, d.x_test, d.y_test), "wall_s": time.perf_counter() - start, "copied": ""}
     ]  # fmt: skip
     for fill in cfg.recipe_fills:
         start = time.perf_counter()
@@ -706,7 +698,7 @@ def _recipe_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
         curves.append(curve.assign(phase=phase))
         finals.append(
             {**curve_outcome(curve, d.num_classes, cfg.loss_threshold), "phase": phase, "a_steps": cfg.recipe_a_steps,
-             "test_err": _test_error(deep, d.x_test, d.y_test), "wall_s": time.perf_counter() - start,
+             "test_err": error_percent(deep, d.x_test, d.y_test), "wall_s": time.perf_counter() - start,
              "copied": ",".join(copied)}
         )  # fmt: skip
     return {
