@@ -217,6 +217,16 @@ def test_plot_only_reads_saved_tables_and_never_trains(reference, toy, tmp_path,
     assert list((root / "figures").iterdir()) == []
 
 
+def test_plot_only_renders_the_runs_own_report(toy, tmp_path):
+    # REPORT.md states the run's wall time up to its tables; meta.json times the plotting step apart (plot_s), so
+    # redrawing later gives the same report, word for word
+    result = runner.run_study(toy, profile="quick", out_dir=tmp_path, progress=False)
+    original = result.report.read_text()
+    meta = json.loads((result.dir / "meta.json").read_text())
+    assert meta["plot_s"] > 0 and f"in {meta['wall_s']:.0f} s." in original
+    assert runner.plot_study(toy, profile="quick", out_dir=tmp_path).read_text() == original
+
+
 def test_bad_arguments_raise_before_anything_is_written(toy, tmp_path):
     cases = [
         (dict(profile="huge"), "--profile.*quick, paper"),
