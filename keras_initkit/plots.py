@@ -104,6 +104,17 @@ def _layer_order(frame: pd.DataFrame) -> list:
     return frame.groupby("layer", sort=False)["depth"].min().sort_values(kind="stable").index.tolist()
 
 
+def _chosen_layers(data: pd.DataFrame, layers, kind: str, what: str) -> list:
+    """The frame's layers in depth order, or those of `layers` (each must be present)."""
+    order = _layer_order(data)
+    if layers is None:
+        return order
+    unknown = [name for name in layers if name not in order]
+    if unknown:
+        raise ValueError(f"`layers` names layers without {kind!r} {what}: {unknown}. Present: {order}")
+    return [name for name in order if name in layers]
+
+
 def _layer_colors(layers: list) -> dict:
     return dict(zip(layers, sns.color_palette("viridis", n_colors=len(layers)), strict=True)) if layers else {}
 
@@ -234,12 +245,7 @@ def stat_over_training(
     for s in stats:
         _where(data, "frame", "stat", s)
     data = data[data["stat"].isin(stats)]
-    order = _layer_order(data)
-    if layers is not None:
-        unknown = [name for name in layers if name not in order]
-        if unknown:
-            raise ValueError(f"`layers` names layers without {kind!r} rows: {unknown}. Present: {order}")
-        order = [name for name in order if name in layers]
+    order = _chosen_layers(data, layers, kind, "rows")
     colors = _layer_colors(order)
     cols = _levels(data, col)
     fig, axes = _panels(len(cols))
@@ -306,12 +312,7 @@ def layer_histograms(
     left, right, height = _histogram_columns(hist_frame)
     _check_column(hist_frame, "col", col)
     data = _step(_where(hist_frame, "hist_frame", "kind", kind), "hist_frame", step)
-    order = _layer_order(data)
-    if layers is not None:
-        unknown = [name for name in layers if name not in order]
-        if unknown:
-            raise ValueError(f"`layers` names layers without {kind!r} histograms: {unknown}. Present: {order}")
-        order = [name for name in order if name in layers]
+    order = _chosen_layers(data, layers, kind, "histograms")
     colors = _layer_colors(order)
     cols = _levels(data, col)
     fig, axes = _panels(len(cols))
