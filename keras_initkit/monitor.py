@@ -33,7 +33,6 @@ import importlib.util
 import math
 import os
 import re
-import tempfile
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,8 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
+
+from keras_initkit.fileio import write_frame
 
 __all__ = ["VarianceMonitor", "TensorView", "STATS", "KINDS", "COLUMNS"]
 
@@ -754,25 +755,7 @@ class VarianceMonitor(keras.callbacks.Callback):
 
     def save(self, path: str | os.PathLike) -> None:
         """Write `to_frame()` to `path` (.parquet or .csv), atomically (a temporary file, then os.replace)."""
-        path = os.fspath(path)
-        suffix = os.path.splitext(path)[1].lower()
-        if suffix not in (".parquet", ".csv"):
-            raise ValueError(f"`path` must end in .parquet or .csv. Received: path={path!r}")
-        frame = self.to_frame()
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-        os.close(fd)
-        try:
-            if suffix == ".parquet":
-                frame.to_parquet(tmp, index=False)
-            else:
-                frame.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_frame(path, self.to_frame())
 
     # -- the probe function ---------------------------------------------------------------------------------------
 

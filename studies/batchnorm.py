@@ -588,7 +588,7 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
 
 
 def _run_deep(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
-    from studies.vgg_depth import build_vgg
+    from keras_initkit.studies.vgg_depth import build_vgg
 
     start = time.perf_counter()
     seed = int(trial["seed"])

@@ -8,8 +8,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-
-from studies import batchnorm as study
+from keras_initkit.studies import batchnorm as study
 
 # ------------------------------------------------------------------------------------------------ BN helpers
 

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from keras_initkit.studies import sigmoid_vs_relu as study
 
 from keras_initkit import GlorotAvg, StandardUniform
-from studies import sigmoid_vs_relu as study
 
 # ------------------------------------------------------------------------------------------------ the Jacobian
 

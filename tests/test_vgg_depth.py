@@ -9,8 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-
-from studies import vgg_depth as v
+from keras_initkit.studies import vgg_depth as v
 
 # --------------------------------------------------------------------------------------------------- the builder
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from keras_initkit import fileio
 from keras_initkit.study import store
 
 PACKAGES = (
@@ -299,10 +300,10 @@ def render_report(
 def copy_to_docs(root: Path, docs: Path) -> None:
     """Copy REPORT.md and figures/ to the committed docs folder (stale figures there are removed)."""
     (docs / "figures").mkdir(parents=True, exist_ok=True)
-    store.atomic_write_bytes(docs / "REPORT.md", (root / "REPORT.md").read_bytes())
+    fileio.atomic_write_bytes(docs / "REPORT.md", (root / "REPORT.md").read_bytes())
     names = set()
     for fig in sorted((root / "figures").glob("*.png")):
-        store.atomic_write_bytes(docs / "figures" / fig.name, fig.read_bytes())
+        fileio.atomic_write_bytes(docs / "figures" / fig.name, fig.read_bytes())
         names.add(fig.name)
     for stale in (docs / "figures").glob("*.png"):
         if stale.name not in names:

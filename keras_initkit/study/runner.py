@@ -34,13 +34,14 @@ from typing import Any
 
 import pandas as pd
 
+from keras_initkit import fileio
 from keras_initkit.study import store
 from keras_initkit.study.engines import Engine, make_engine
 from keras_initkit.study.grid import canonical_json, derive_seed, trial_id
 
 CONTRACT = ("NAME", "CLAIMS", "Config", "PROFILES", "trials", "run_trial", "summarize", "plot")
 CLAIM_COLUMNS = ("claim", "statement", "rule", "measured", "paper", "status")
-STUDIES_PACKAGE = "studies"
+STUDIES_PACKAGE = "keras_initkit.studies"
 
 
 class StudyWarning(UserWarning):
@@ -357,10 +358,10 @@ def _save_frames(folder: Path, frames: Mapping[str, pd.DataFrame], markdown: boo
     folder.mkdir(parents=True, exist_ok=True)
     keep = set()
     for name, frame in frames.items():
-        store.atomic_write_bytes(folder / f"{name}.parquet", store.table_to_parquet(frame))
+        fileio.atomic_write_bytes(folder / f"{name}.parquet", store.table_to_parquet(frame))
         keep.add(f"{name}.parquet")
         if markdown:
-            store.atomic_write_text(folder / f"{name}.md", frame_to_markdown(frame, max_rows=None) + "\n")
+            fileio.atomic_write_text(folder / f"{name}.md", frame_to_markdown(frame, max_rows=None) + "\n")
             keep.add(f"{name}.md")
     for stale in folder.iterdir():
         if stale.is_file() and stale.name not in keep:
@@ -485,12 +486,12 @@ def run_study(
         summary["claims"] = check_claims(summary.get("claims"))
     except Exception:
         # the trial files and meta.json (with every failed trial's error) stay; fix summarize and rerun (resumes)
-        store.atomic_write_text(root / "meta.json", report.dump_json(meta_now()))
+        fileio.atomic_write_text(root / "meta.json", report.dump_json(meta_now()))
         raise
     _save_frames(root / "tables", summary, markdown=True)
-    store.atomic_write_text(root / "claims.csv", summary["claims"].to_csv(index=False))
+    fileio.atomic_write_text(root / "claims.csv", summary["claims"].to_csv(index=False))
     meta = meta_now()
-    store.atomic_write_text(root / "meta.json", report.dump_json(meta))
+    fileio.atomic_write_text(root / "meta.json", report.dump_json(meta))
     result = StudyResult(module.NAME, label, root, tables, summary, counts, ordered)
     if plot:
         # meta's wall_s (what REPORT.md states) is the run up to its tables; the plotting step is timed apart, so a
@@ -498,7 +499,7 @@ def run_study(
         t_plot = time.perf_counter()
         result.report = plot_study(module, cfg, profile, out_dir, data=data, docs_dir=docs_dir)
         meta["plot_s"] = round(time.perf_counter() - t_plot, 3)
-        store.atomic_write_text(root / "meta.json", report.dump_json(meta))
+        fileio.atomic_write_text(root / "meta.json", report.dump_json(meta))
     result.wall_s = meta["wall_s"]
     return result
 
@@ -547,7 +548,7 @@ def plot_study(
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
-        store.atomic_write_bytes(fig_dir / f"{name}.png", buffer.getvalue())
+        fileio.atomic_write_bytes(fig_dir / f"{name}.png", buffer.getvalue())
         written.append(f"{name}.png")
     for stale in fig_dir.glob("*.png"):
         if stale.name not in written:
@@ -555,7 +556,7 @@ def plot_study(
     meta = report.load_json(root / "meta.json")
     text = report.render_report(module, cfg, summary, meta, [f"figures/{n}" for n in written])
     path = root / "REPORT.md"
-    store.atomic_write_text(path, text)
+    fileio.atomic_write_text(path, text)
     if docs_dir is not None:
         report.copy_to_docs(root, Path(docs_dir) / module.NAME)
     return path

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -26,9 +25,11 @@ from typing import Any
 
 import pandas as pd
 
+from keras_initkit.fileio import TMP_PREFIX as _TMP_PREFIX
+from keras_initkit.fileio import frame_bytes, write_synced
+
 RECORD = "record.json"
 STATUSES = ("ok", "failed", "diverged")
-_TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 _REQUIRED = ("id", "status", "trial", "tables")
 
@@ -65,37 +66,11 @@ def table_to_parquet(frame: pd.DataFrame) -> bytes:
     """A DataFrame as parquet bytes (index dropped), raising a TypeError that names the cause on failure."""
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"a table must be a pandas DataFrame. Received: {type(frame).__name__}")
-    buffer = io.BytesIO()
-    frame.reset_index(drop=True).to_parquet(buffer, index=False)
-    return buffer.getvalue()
+    return frame_bytes(frame, ".parquet")
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file through a temporary sibling and os.replace, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        _write_bytes(tmp, data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_trial(trials_dir: str | os.PathLike, record: TrialRecord, blobs: Mapping[str, bytes]) -> Path:
@@ -114,10 +89,10 @@ def write_trial(trials_dir: str | os.PathLike, record: TrialRecord, blobs: Mappi
         tables = {}
         for name, data in blobs.items():
             file = f"{name}.parquet"
-            _write_bytes(tmp / file, data)
+            write_synced(tmp / file, data)
             tables[name] = {"file": file, "sha256": _sha256(data), "bytes": len(data)}
         record = dataclasses.replace(record, tables=tables)
-        _write_bytes(tmp / RECORD, json.dumps(record.to_json(), indent=1, sort_keys=True, default=str).encode())
+        write_synced(tmp / RECORD, json.dumps(record.to_json(), indent=1, sort_keys=True, default=str).encode())
         final = trials_dir / record.id
         old = None
         if final.exists():
