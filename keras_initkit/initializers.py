@@ -23,6 +23,8 @@ through a stride-1 `Conv2DTranspose`. A depthwise kernel sums over prod(k) input
 from __future__ import annotations
 
 import math
+import numbers
+import random as python_random
 from collections.abc import Sequence
 
 import keras
@@ -53,9 +55,37 @@ def _check_choice(name: str, value, allowed: Sequence[str]) -> None:
         raise ValueError(f"`{name}` must be one of {tuple(allowed)}. Received: {name}={value!r}")
 
 
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
+def _is_real(value) -> bool:
+    # Python and numpy scalars (np.float32, np.int64) count; bools and strings do not.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_positive(name: str, value) -> float:
+    if not _is_real(value) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"`{name}` must be a finite positive number. Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_seed(seed):
+    """None, an int (numpy integers accepted) or a `keras.random.SeedGenerator`, as Keras' initializers take."""
+    if seed is None or isinstance(seed, (keras.random.SeedGenerator, dict)):
+        return seed
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return int(seed)
+    raise ValueError(
+        f"`seed` must be None, an int or a `keras.random.SeedGenerator`. Received: seed={seed!r} "
+        f"of type {type(seed).__name__}"
+    )
+
+
+def _check_axes(name: str, axes):
+    if axes is None:
+        return None
+    if isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
+        raise ValueError(f"`{name}` must be None or a sequence of ints. Received: {name}={axes!r}")
+    if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes):
+        raise ValueError(f"`{name}` must be None or a sequence of ints. Received: {name}={axes!r}")
+    return [int(a) for a in axes]
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -81,11 +111,50 @@ def kernel_fans(shape) -> tuple[int, int]:
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
-class _Preset(keras.initializers.VarianceScaling):
-    """VarianceScaling with validated shapes and a config of exactly the constructor arguments."""
+class _FreshSeed:
+    """Unseeded means a new draw at each call (reproducible under `keras.utils.set_random_seed`).
+
+    Keras' own initializers fix a random int seed at construction when `seed=None`, so one instance shared by
+    several layers gives every layer the same kernel. Here an unseeded instance reads a fresh seed each time its
+    `seed` is read: at each call, and when a layer clones it (EinsumDense passes `seed=init.seed` to its clone).
+    It is drawn from Python's `random`, as Keras draws its default seeds, so `set_random_seed` makes it
+    reproducible. An int seed stays deterministic (Keras semantics).
+    """
+
+    @property
+    def seed(self):
+        if self._init_seed is None:
+            return python_random.randint(1, int(1e9))
+        return self._seed
+
+    @seed.setter
+    def seed(self, value):
+        self._seed = value
+
+
+class _Preset(_FreshSeed, keras.initializers.VarianceScaling):
+    """VarianceScaling with validated shapes, fresh unseeded draws and a config of exactly the constructor arguments.
+
+    `input_axes` / `output_axes` are Keras' own (VarianceScaling): the kernel axes whose sizes multiply into the fans.
+    EinsumDense, MultiHeadAttention and GroupedQueryAttention set them when they build, so the presets use the true
+    fans of those layers (e.g. a query projection's fan-in is the model width, not width x heads).
+    """
+
+    def __init__(self, scale, mode, distribution, seed, input_axes=None, output_axes=None):
+        super().__init__(
+            scale=scale,
+            mode=mode,
+            distribution=distribution,
+            seed=_check_seed(seed),
+            input_axes=_check_axes("input_axes", input_axes),
+            output_axes=_check_axes("output_axes", output_axes),
+        )
 
     def __call__(self, shape, dtype=None):
         return super().__call__(_check_shape(shape), dtype=dtype)
+
+    def _axes_config(self) -> dict:
+        return {"input_axes": self.input_axes, "output_axes": self.output_axes}
 
     def get_config(self):  # pragma: no cover - overridden by every preset
         raise NotImplementedError
@@ -99,20 +168,21 @@ def _seed_of(init: keras.initializers.Initializer):
 class _Glorot(_Preset):
     _mode = "fan_avg"
 
-    def __init__(self, distribution: str = "uniform", gain: float = 1.0, seed=None):
+    def __init__(self, distribution: str = "uniform", gain: float = 1.0, seed=None, input_axes=None, output_axes=None):
         _check_choice("distribution", distribution, DISTRIBUTIONS)
-        _check_positive("gain", gain)
-        self.gain = gain
+        self.gain = _check_positive("gain", gain)
         self._distribution = distribution
         super().__init__(
-            scale=float(gain) ** 2,
+            scale=self.gain**2,
             mode=self._mode,
             distribution=_KERAS_DISTRIBUTION[distribution],
             seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
         )
 
     def get_config(self) -> dict:
-        return {"distribution": self._distribution, "gain": self.gain, "seed": _seed_of(self)}
+        return {"distribution": self._distribution, "gain": self.gain, "seed": _seed_of(self), **self._axes_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -130,8 +200,12 @@ class GlorotAvg(_Glorot):
     Args:
         distribution: "uniform" (the paper's), "normal" (untruncated Gaussian) or "truncated_normal"
             (truncated at 2 std, rescaled so the variance is the stated one).
-        gain: positive factor on the standard deviation, e.g. `keras_initkit.gain("tanh")`.
-        seed: an int or None (the same values on every call, Keras semantics) or a `keras.random.SeedGenerator`.
+        gain: finite positive factor on the standard deviation, e.g. `keras_initkit.gain("tanh")`.
+        seed: an int (the same values on every call, Keras semantics), None (a new draw at each call, reproducible
+            under `keras.utils.set_random_seed`, so one instance may be shared by several layers) or a
+            `keras.random.SeedGenerator`.
+        input_axes, output_axes: kernel axes that make up the fans (Keras' VarianceScaling arguments; set by
+            EinsumDense and the attention layers when they build). None: Keras' convention from the shape.
 
     Reference:
     - [Glorot & Bengio, 2010](https://proceedings.mlr.press/v9/glorot10a.html)
@@ -153,8 +227,12 @@ class GlorotFanIn(_Glorot):
 
     Args:
         distribution: "uniform" (Caffe's), "normal" or "truncated_normal".
-        gain: positive factor on the standard deviation.
-        seed: an int, None or a `keras.random.SeedGenerator`.
+        gain: finite positive factor on the standard deviation.
+        seed: an int (the same values on every call, Keras semantics), None (a new draw at each call, reproducible
+            under `keras.utils.set_random_seed`, so one instance may be shared by several layers) or a
+            `keras.random.SeedGenerator`.
+        input_axes, output_axes: kernel axes that make up the fans (Keras' VarianceScaling arguments; set by
+            EinsumDense and the attention layers when they build). None: Keras' convention from the shape.
 
     Reference:
     - [Jia et al., 2014, Caffe](https://arxiv.org/abs/1408.5093)
@@ -177,8 +255,12 @@ class GlorotFanOut(_Glorot):
 
     Args:
         distribution: "uniform", "normal" or "truncated_normal".
-        gain: positive factor on the standard deviation.
-        seed: an int, None or a `keras.random.SeedGenerator`.
+        gain: finite positive factor on the standard deviation.
+        seed: an int (the same values on every call, Keras semantics), None (a new draw at each call, reproducible
+            under `keras.utils.set_random_seed`, so one instance may be shared by several layers) or a
+            `keras.random.SeedGenerator`.
+        input_axes, output_axes: kernel axes that make up the fans (Keras' VarianceScaling arguments; set by
+            EinsumDense and the attention layers when they build). None: Keras' convention from the shape.
 
     Reference:
     - [Glorot & Bengio, 2010](https://proceedings.mlr.press/v9/glorot10a.html)
@@ -203,7 +285,11 @@ class He(_Preset):
         mode: "fan_in" or "fan_out" ("fan_avg" is accepted too).
         negative_slope: slope a >= 0 of the rectifier for negative inputs (0 for ReLU).
         distribution: "normal" (the paper's untruncated Gaussian), "truncated_normal" or "uniform".
-        seed: an int, None or a `keras.random.SeedGenerator`.
+        seed: an int (the same values on every call, Keras semantics), None (a new draw at each call, reproducible
+            under `keras.utils.set_random_seed`, so one instance may be shared by several layers) or a
+            `keras.random.SeedGenerator`.
+        input_axes, output_axes: kernel axes that make up the fans (Keras' VarianceScaling arguments; set by
+            EinsumDense and the attention layers when they build). None: Keras' convention from the shape.
 
     Reference:
     - [He et al., 2015](https://arxiv.org/abs/1502.01852)
@@ -215,18 +301,24 @@ class He(_Preset):
         negative_slope: float = 0.0,
         distribution: str = "normal",
         seed=None,
+        input_axes=None,
+        output_axes=None,
     ):
         _check_choice("mode", mode, MODES)
         _check_choice("distribution", distribution, DISTRIBUTIONS)
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or not negative_slope >= 0:
-            raise ValueError(f"`negative_slope` must be a number >= 0. Received: negative_slope={negative_slope!r}")
-        self.negative_slope = negative_slope
+        if not _is_real(negative_slope) or not math.isfinite(negative_slope) or not negative_slope >= 0:
+            raise ValueError(
+                f"`negative_slope` must be a finite number >= 0. Received: negative_slope={negative_slope!r}"
+            )
+        self.negative_slope = float(negative_slope)
         self._distribution = distribution
         super().__init__(
-            scale=2.0 / (1.0 + float(negative_slope) ** 2),
+            scale=2.0 / (1.0 + self.negative_slope**2),
             mode=mode,
             distribution=_KERAS_DISTRIBUTION[distribution],
             seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
         )
 
     def get_config(self) -> dict:
@@ -235,6 +327,7 @@ class He(_Preset):
             "negative_slope": self.negative_slope,
             "distribution": self._distribution,
             "seed": _seed_of(self),
+            **self._axes_config(),
         }
 
 
@@ -250,21 +343,32 @@ class StandardUniform(_Preset):
     >>> layer = keras.layers.Dense(1000, activation="sigmoid", kernel_initializer=StandardUniform())
 
     Args:
-        seed: an int, None or a `keras.random.SeedGenerator`.
+        seed: an int (the same values on every call, Keras semantics), None (a new draw at each call, reproducible
+            under `keras.utils.set_random_seed`, so one instance may be shared by several layers) or a
+            `keras.random.SeedGenerator`.
+        input_axes, output_axes: kernel axes that make up the fans (Keras' VarianceScaling arguments; set by
+            EinsumDense and the attention layers when they build). None: Keras' convention from the shape.
 
     Reference:
     - [Glorot & Bengio, 2010](https://proceedings.mlr.press/v9/glorot10a.html)
     """
 
-    def __init__(self, seed=None):
-        super().__init__(scale=1.0 / 3.0, mode="fan_in", distribution="uniform", seed=seed)
+    def __init__(self, seed=None, input_axes=None, output_axes=None):
+        super().__init__(
+            scale=1.0 / 3.0,
+            mode="fan_in",
+            distribution="uniform",
+            seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
+        )
 
     def get_config(self) -> dict:
-        return {"seed": _seed_of(self)}
+        return {"seed": _seed_of(self), **self._axes_config()}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class FixedNormal(keras.initializers.RandomNormal):
+class FixedNormal(_FreshSeed, keras.initializers.RandomNormal):
     """A fixed-scale Gaussian, W ~ N(0, stddev^2), whatever the layer's size: VGG's and AlexNet's N(0, 0.01).
 
     Var(W) = stddev^2. He et al. 2015 show that with std 0.01 a deep plain ReLU net's signal collapses and it
@@ -275,8 +379,10 @@ class FixedNormal(keras.initializers.RandomNormal):
     >>> layer = keras.layers.Conv2D(64, 3, activation="relu", kernel_initializer=FixedNormal(0.01))
 
     Args:
-        stddev: positive standard deviation (0.01 by default).
-        seed: an int, None or a `keras.random.SeedGenerator`.
+        stddev: finite positive standard deviation (0.01 by default).
+        seed: an int (the same values on every call, Keras semantics), None (a new draw at each call, reproducible
+            under `keras.utils.set_random_seed`, so one instance may be shared by several layers) or a
+            `keras.random.SeedGenerator`.
 
     Reference:
     - [Simonyan & Zisserman, 2014](https://arxiv.org/abs/1409.1556)
@@ -284,8 +390,7 @@ class FixedNormal(keras.initializers.RandomNormal):
     """
 
     def __init__(self, stddev: float = 0.01, seed=None):
-        _check_positive("stddev", stddev)
-        super().__init__(mean=0.0, stddev=stddev, seed=seed)
+        super().__init__(mean=0.0, stddev=_check_positive("stddev", stddev), seed=_check_seed(seed))
 
     def __call__(self, shape, dtype=None):
         return super().__call__(_check_shape(shape), dtype=dtype)

@@ -102,8 +102,36 @@ def test_seed_rules(name):
     a = _sample(factory(1), (64, 32))
     assert np.array_equal(a, _sample(factory(1), (64, 32))), "same seed must give the same values"
     assert not np.array_equal(a, _sample(factory(2), (64, 32))), "different seeds must differ"
-    init = factory(None)  # Keras semantics: an unseeded initializer repeats itself on every call
-    assert np.array_equal(_sample(init, (8, 8)), _sample(init, (8, 8)))
+    init = factory(None)  # unlike Keras: an unseeded preset draws anew at each call ...
+    assert not np.array_equal(_sample(init, (8, 8)), _sample(init, (8, 8)))
+    keras.utils.set_random_seed(7)  # ... reproducibly under the global seed
+    first = _sample(factory(None), (8, 8))
+    keras.utils.set_random_seed(7)
+    assert np.array_equal(first, _sample(factory(None), (8, 8)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_one_unseeded_instance_shared_by_layers_gives_distinct_kernels(name):
+    init = CASES[name][0](None)
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((16,))] + [keras.layers.Dense(16, kernel_initializer=init) for _ in range(3)])
+    kernels = [np.asarray(layer.kernel) for layer in model.layers]
+    assert not np.array_equal(kernels[0], kernels[1]) and not np.array_equal(kernels[1], kernels[2])
+    keras.utils.set_random_seed(3)
+    again = keras.Sequential([keras.Input((16,))] + [keras.layers.Dense(16, kernel_initializer=init) for _ in range(3)])
+    assert all(np.array_equal(k, np.asarray(layer.kernel)) for k, layer in zip(kernels, again.layers, strict=True))
+
+
+def test_numpy_scalars_are_accepted():
+    a = _sample(kik.GlorotAvg(gain=np.float32(2.0), seed=np.int64(5)), (32, 16))
+    assert np.array_equal(a, _sample(kik.GlorotAvg(gain=2.0, seed=5), (32, 16)))
+    assert np.array_equal(
+        _sample(kik.He(negative_slope=np.float64(0.1), seed=np.int32(2)), (8, 4)),
+        _sample(kik.He(negative_slope=0.1, seed=2), (8, 4)),
+    )
+    assert np.array_equal(
+        _sample(kik.FixedNormal(np.float32(0.5), seed=np.int64(1)), (4,)), _sample(kik.FixedNormal(0.5, seed=1), (4,))
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -208,12 +236,24 @@ ERRORS = [
         "`distribution` must be one of",
         "distribution='gauss'",
     ),
-    (lambda: kik.GlorotFanIn(gain=-1.0), "`gain` must be a positive number", "gain=-1.0"),
-    (lambda: kik.GlorotFanOut(gain=0), "`gain` must be a positive number", "gain=0"),
+    (lambda: kik.GlorotFanIn(gain=-1.0), "`gain` must be a finite positive number", "gain=-1.0"),
+    (lambda: kik.GlorotFanOut(gain=0), "`gain` must be a finite positive number", "gain=0"),
+    (lambda: kik.GlorotAvg(gain=float("inf")), "`gain` must be a finite positive number", "gain=inf"),
+    (lambda: kik.GlorotAvg(gain=float("nan")), "`gain` must be a finite positive number", "gain=nan"),
+    (lambda: kik.GlorotAvg(gain="2"), "`gain` must be a finite positive number", "gain='2'"),
+    (
+        lambda: kik.He(negative_slope=float("inf")),
+        "`negative_slope` must be a finite number >= 0",
+        "negative_slope=inf",
+    ),
+    (lambda: kik.FixedNormal(float("inf")), "`stddev` must be a finite positive number", "stddev=inf"),
+    (lambda: kik.He(seed=1.5), "`seed` must be None, an int or a `keras.random.SeedGenerator`", "seed=1.5"),
+    (lambda: kik.FixedNormal(seed=True), "`seed` must be None, an int", "seed=True"),
+    (lambda: kik.GlorotAvg(input_axes="0"), "`input_axes` must be None or a sequence of ints", "input_axes='0'"),
     (lambda: kik.He(mode="fan_mid"), "`mode` must be one of", "mode='fan_mid'"),
     (
         lambda: kik.He(negative_slope=-0.1),
-        "`negative_slope` must be a number >= 0",
+        "`negative_slope` must be a finite number >= 0",
         "negative_slope=-0.1",
     ),
     (
@@ -221,8 +261,8 @@ ERRORS = [
         "`distribution` must be one of",
         "distribution='normalish'",
     ),
-    (lambda: kik.FixedNormal(stddev=-0.01), "`stddev` must be a positive number", "stddev=-0.01"),
-    (lambda: kik.FixedNormal(stddev=0.0), "`stddev` must be a positive number", "stddev=0.0"),
+    (lambda: kik.FixedNormal(stddev=-0.01), "`stddev` must be a finite positive number", "stddev=-0.01"),
+    (lambda: kik.FixedNormal(stddev=0.0), "`stddev` must be a finite positive number", "stddev=0.0"),
     (lambda: kik.GlorotAvg()(()), "`shape` must have rank >= 1", "shape=()"),
     (lambda: kik.He()((3, 0, 4)), "`shape` must have only positive dimensions", "shape=(3, 0, 4)"),
     (lambda: kik.FixedNormal()((0,)), "`shape` must have only positive dimensions", "shape=(0,)"),
@@ -310,3 +350,56 @@ def test_other_backend_samples_the_same_law(backend):
     assert out.pop("backend") == backend and out.pop("forward") == [2, 4]
     for name, ratio in out.items():
         assert abs(ratio - 1) < 6 * math.sqrt(2 / 500_000), (name, ratio)
+
+
+ATTENTION_PRESETS = {
+    "He": (lambda: kik.He(), keras.initializers.HeNormal, lambda fi, fo: 2.0 / fi),
+    "GlorotAvg": (lambda: kik.GlorotAvg(), keras.initializers.GlorotUniform, lambda fi, fo: 2.0 / (fi + fo)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_PRESETS))
+def test_attention_layers_build_with_the_true_fans(name):
+    """MultiHeadAttention's query projection: kernel (width, heads, key_dim), fan_in = width, fan_out = heads * key_dim.
+
+    Keras (>= 3.15) clones a VarianceScaling initializer with `input_axes` / `output_axes` from the einsum equation;
+    our presets must honour them and give the same variance as Keras' own initializer of that law.
+    """
+    ours, keras_cls, law = ATTENTION_PRESETS[name]
+    width, heads, key_dim = 256, 8, 32
+    variances = {}
+    for label, init in (("ours", ours()), ("keras", keras_cls())):
+        keras.utils.set_random_seed(0)
+        mha = keras.layers.MultiHeadAttention(num_heads=heads, key_dim=key_dim, kernel_initializer=init)
+        x = np.zeros((1, 4, width), "float32")
+        mha(x, x)
+        kernel = np.asarray(mha.query_dense.kernel)
+        assert kernel.shape == (width, heads, key_dim)
+        variances[label] = float(kernel.var())
+    expected = law(width, heads * key_dim)
+    n = width * heads * key_dim
+    tol = 6 * math.sqrt(2.0 / n) * expected  # 6 standard errors of a Gaussian sample variance (uniform: smaller)
+    assert abs(variances["ours"] - expected) < tol, (variances, expected)
+    assert abs(variances["ours"] - variances["keras"]) < 2 * tol, variances
+    # Without the axes, Keras' shape convention would give fan_in = width * heads: 8x too small a variance for He.
+    assert variances["ours"] > 4 * law(width * heads, key_dim * width)
+
+
+EINSUM_LAYERS = {
+    "EinsumDense": (lambda init: keras.layers.EinsumDense("ab,bcd->acd", (4, 8), kernel_initializer=init), (2, 16)),
+    "MultiHeadAttention": (lambda init: keras.layers.MultiHeadAttention(2, 8, kernel_initializer=init), (2, 3, 16)),
+    "GroupQueryAttention": (
+        lambda init: keras.layers.GroupQueryAttention(8, 4, 2, kernel_initializer=init),
+        (2, 3, 16),
+    ),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(EINSUM_LAYERS))
+@pytest.mark.parametrize("preset", [kik.GlorotAvg, kik.GlorotFanIn, kik.GlorotFanOut, kik.He, kik.StandardUniform])
+def test_einsum_layers_accept_every_variance_scaling_preset(layer, preset):
+    make, shape = EINSUM_LAYERS[layer]
+    x = np.ones(shape, "float32")
+    lay = make(preset())
+    out = lay(x) if layer == "EinsumDense" else lay(x, x)
+    assert np.all(np.isfinite(np.asarray(out)))
