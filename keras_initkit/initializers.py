@@ -36,6 +36,7 @@ __all__ = [
     "He",
     "StandardUniform",
     "FixedNormal",
+    "DeltaOrthogonal",
     "kernel_fans",
 ]
 
@@ -397,3 +398,47 @@ class FixedNormal(_FreshSeed, keras.initializers.RandomNormal):
 
     def get_config(self) -> dict:
         return {"stddev": self.stddev, "seed": _seed_of(self)}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DeltaOrthogonal(_FreshSeed, keras.initializers.Orthogonal):
+    """Delta-orthogonal convolution kernel: zero except the centre tap, whose (c_in, c_out) matrix is orthogonal.
+
+    Every singular value of the centre matrix equals `gain` (rows or columns orthonormal, scaled, whichever is
+    fewer), so at initialization a convolution is an orthogonal map of the channels at each position: the
+    dynamical isometry with which Xiao et al. train vanilla CNNs of 10,000 layers. The orthogonal matrix is Keras'
+    own `keras.initializers.Orthogonal`; a rank-2 (Dense) shape gets just that matrix.
+
+    Examples:
+    >>> w = DeltaOrthogonal(seed=0)(shape=(3, 3, 64, 64))  # w[1, 1] is orthogonal, every other tap is 0
+    >>> layer = keras.layers.Conv2D(64, 3, padding="same", kernel_initializer=DeltaOrthogonal(gain=gain("tanh")))
+
+    Args:
+        gain: finite positive factor: every singular value of the centre matrix.
+        seed: an int (the same values on every call, Keras semantics), None (a new draw at each call, reproducible
+            under `keras.utils.set_random_seed`, so one instance may be shared by several layers) or a
+            `keras.random.SeedGenerator`.
+
+    Reference:
+    - [Xiao et al., 2018](https://arxiv.org/abs/1806.05393)
+    """
+
+    def __init__(self, gain: float = 1.0, seed=None):
+        super().__init__(gain=_check_positive("gain", gain), seed=_check_seed(seed))
+
+    def __call__(self, shape, dtype=None):
+        shape = _check_shape(shape)
+        if len(shape) < 2:
+            raise ValueError(
+                f"`shape` must have rank >= 2 (a kernel (*k, c_in, c_out)). Received: shape={shape}"
+            )
+        *taps, c_in, c_out = shape
+        centre = super().__call__((c_in, c_out), dtype=dtype)
+        if not taps:
+            return centre
+        centre = keras.ops.reshape(centre, (1,) * len(taps) + (c_in, c_out))
+        # The centre tap of an even-sized kernel is index k // 2, as in Xiao et al.'s code.
+        return keras.ops.pad(centre, [(k // 2, k - 1 - k // 2) for k in taps] + [(0, 0), (0, 0)])
+
+    def get_config(self) -> dict:
+        return {"gain": self.gain, "seed": _seed_of(self)}

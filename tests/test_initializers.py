@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -403,3 +404,55 @@ def test_einsum_layers_accept_every_variance_scaling_preset(layer, preset):
     lay = make(preset())
     out = lay(x) if layer == "EinsumDense" else lay(x, x)
     assert np.all(np.isfinite(np.asarray(out)))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 32), (3, 3, 32, 16), (5, 8, 8), (2, 2, 4, 4), (3, 3, 3, 8, 8), (10, 6)])
+@pytest.mark.parametrize("gain", [1.0, 2.5])
+def test_delta_orthogonal_centre_is_orthogonal_and_other_taps_zero(shape, gain):
+    from keras_initkit.initializers import DeltaOrthogonal
+
+    w = _sample(DeltaOrthogonal(gain=gain, seed=3), shape)
+    centre = tuple(k // 2 for k in shape[:-2])
+    singular = np.linalg.svd(w[centre], compute_uv=False)
+    np.testing.assert_allclose(singular, gain, rtol=1e-5)
+    rest = w.copy()
+    rest[centre] = 0
+    assert not rest.any()
+
+
+def test_delta_orthogonal_seeds_config_and_errors():
+    from keras_initkit.initializers import DeltaOrthogonal
+
+    a = _sample(DeltaOrthogonal(seed=1), (3, 3, 8, 8))
+    assert np.array_equal(a, _sample(DeltaOrthogonal(seed=1), (3, 3, 8, 8)))
+    assert not np.array_equal(a, _sample(DeltaOrthogonal(seed=2), (3, 3, 8, 8)))
+    shared = DeltaOrthogonal()
+    assert not np.array_equal(_sample(shared, (3, 3, 8, 8)), _sample(shared, (3, 3, 8, 8)))
+    init = DeltaOrthogonal(gain=1.5, seed=4)
+    assert init.get_config() == {"gain": 1.5, "seed": 4}
+    blob = keras.saving.serialize_keras_object(init)
+    assert blob["registered_name"] == "keras_initkit>DeltaOrthogonal"
+    back = keras.saving.deserialize_keras_object(json.loads(json.dumps(blob)))
+    assert np.array_equal(_sample(back, (3, 3, 8, 8)), _sample(init, (3, 3, 8, 8)))
+    for call, text in [
+        (lambda: DeltaOrthogonal(gain=0), "`gain` must be a finite positive number. Received: gain=0"),
+        (lambda: DeltaOrthogonal(gain=float("inf")), "Received: gain=inf"),
+        (lambda: DeltaOrthogonal()((8,)), "`shape` must have rank >= 2"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(text)):
+            call()
+
+
+def test_delta_orthogonal_conv_net_keeps_the_signal_of_a_linear_stack():
+    """A 40-layer linear conv stack with delta-orthogonal kernels is an isometry at each position (norms kept)."""
+    from keras_initkit.initializers import DeltaOrthogonal
+
+    keras.utils.set_random_seed(0)
+    convs = [
+        keras.layers.Conv2D(8, 3, padding="same", use_bias=False, kernel_initializer=DeltaOrthogonal())
+        for _ in range(40)
+    ]
+    model = keras.Sequential([keras.Input((6, 6, 8)), *convs])
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 8)).astype("float32")
+    y = np.asarray(model(x))
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-4)
