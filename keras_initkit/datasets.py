@@ -42,7 +42,19 @@ import numpy as np
 
 from keras_initkit.study.grid import derive_seed
 
-__all__ = ["DATASETS", "SHAPESET_CLASSES", "Dataset", "cifar10", "digits", "load", "mnist", "shapeset"]
+__all__ = [
+    "ADDING_BASELINE_MSE",
+    "ADDING_RECENT_MSE",
+    "DATASETS",
+    "SHAPESET_CLASSES",
+    "Dataset",
+    "adding_problem",
+    "cifar10",
+    "digits",
+    "load",
+    "mnist",
+    "shapeset",
+]
 
 DATASETS = ("shapeset", "digits", "mnist", "cifar10")
 SHAPES = ("triangle", "parallelogram", "ellipse")
@@ -107,6 +119,46 @@ def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
     return int(value)
+
+
+# ----------------------------------------------------------------------------------------------- adding problem
+
+ADDING_BASELINE_MSE = 1.0 / 6.0  # predict 1 = E[a + b]: Var(a + b) for a, b ~ U[0, 1] independent
+ADDING_RECENT_MSE = 1.0 / 12.0  # know the second marked value b only: predict b + 1/2, leaving Var(a)
+
+
+def adding_problem(n: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The adding problem (Arjovsky, Shah & Bengio 2016's variant of Hochreiter & Schmidhuber 1997, Exp 4).
+
+    Each sequence has `length` steps of two features: a value ~ U[0, 1] and a marker in {0, 1}. Exactly two steps
+    are marked, one uniformly in the first half (t < length // 2) and one uniformly in the second half; the target
+    is the sum of the two marked values. Predicting the constant 1 has MSE 1/6 (`ADDING_BASELINE_MSE`); a model
+    that only remembers the recent (second-half) value reaches 1/12 (`ADDING_RECENT_MSE`); solving it needs the
+    first value, held from its step t1 to the end: a lag of length - 1 - t1 >= length - length // 2 steps.
+
+    Why this variant: its two baselines are exact and distinct, and the first marker's lag spans the whole second
+    half, so the memory a model needs is set by `length` alone (in H&S's variant the first marker is among the first
+    10 steps whatever the length).
+
+    Returns `(x, y)`: x float32 (n, length, 2), y float32 (n,). A fixed seed gives the same sequences.
+
+    Reference:
+    - [Arjovsky, Shah & Bengio, 2016](https://arxiv.org/abs/1511.06464), Sec 4.2
+    - [Hochreiter & Schmidhuber, 1997](https://www.bioinf.jku.at/publications/older/2604.pdf), Sec 5.4
+    """
+    n = _check_int("n", n, 1)
+    length = _check_int("length", length, 2)
+    rng = np.random.default_rng(_check_int("seed", seed, 0))
+    values = rng.uniform(0.0, 1.0, size=(n, length)).astype(np.float32)
+    half = length // 2
+    first = rng.integers(0, half, size=n)
+    second = rng.integers(half, length, size=n)
+    markers = np.zeros((n, length), np.float32)
+    rows = np.arange(n)
+    markers[rows, first] = 1.0
+    markers[rows, second] = 1.0
+    y = values[rows, first] + values[rows, second]
+    return np.stack([values, markers], axis=-1), y.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------- Shapeset

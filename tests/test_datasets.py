@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -367,3 +368,41 @@ def test_load_missing_mnist_raises_file_not_found(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="never downloads"):
         ds.load("mnist")
     assert ds.DATASETS == ("shapeset", "digits", "mnist", "cifar10")
+
+
+def test_adding_problem_markers_target_and_baselines():
+    from keras_initkit.datasets import ADDING_BASELINE_MSE, ADDING_RECENT_MSE, adding_problem
+
+    x, y = adding_problem(200_000, 30, seed=5)
+    assert x.shape == (200_000, 30, 2) and y.shape == (200_000,) and x.dtype == y.dtype == np.float32
+    values, markers = x[..., 0], x[..., 1]
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    assert set(np.unique(markers)) == {0.0, 1.0}
+    assert (markers[:, :15].sum(axis=1) == 1).all() and (markers[:, 15:].sum(axis=1) == 1).all()
+    np.testing.assert_allclose(y, (values * markers).sum(axis=1), rtol=1e-6)
+    # Exact baselines, on a large sample: constant 1 -> 1/6; the recent (second-half) value + 1/2 -> 1/12.
+    se = np.sqrt(np.var((y - 1.0) ** 2) / len(y))
+    assert abs(np.mean((y - 1.0) ** 2) - ADDING_BASELINE_MSE) < 4 * se
+    recent = (values[:, 15:] * markers[:, 15:]).sum(axis=1) + 0.5
+    se = np.sqrt(np.var((y - recent) ** 2) / len(y))
+    assert abs(np.mean((y - recent) ** 2) - ADDING_RECENT_MSE) < 4 * se
+    # Every first-half and second-half position is used, about uniformly.
+    counts = np.bincount(markers[:, :15].argmax(axis=1), minlength=15)
+    assert counts.min() > 0.9 * len(y) / 15
+
+
+def test_adding_problem_is_deterministic_and_validates():
+    from keras_initkit.datasets import adding_problem
+
+    a, b = adding_problem(64, 11, seed=1), adding_problem(64, 11, seed=1)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], adding_problem(64, 11, seed=2)[0])
+    # An odd length: first marker in t < 5, second in 5 <= t < 11.
+    assert (a[0][:, :5, 1].sum(axis=1) == 1).all() and (a[0][:, 5:, 1].sum(axis=1) == 1).all()
+    for kwargs, text in [
+        ({"n": 0, "length": 10, "seed": 0}, "`n` must be an integer >= 1. Received: n=0"),
+        ({"n": 4, "length": 1, "seed": 0}, "`length` must be an integer >= 2. Received: length=1"),
+        ({"n": 4, "length": 10, "seed": -1}, "`seed` must be an integer >= 0. Received: seed=-1"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(text)):
+            adding_problem(**kwargs)
