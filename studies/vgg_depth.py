@@ -332,27 +332,11 @@ def fresh_net(cfg: Config, depth: int, init: str | dict[str, str], seed: int):
     d = _data(cfg)
     key = (cfg.data, cfg.fallback_data, cfg.n_train, cfg.size, depth, cfg.widths, cfg.fc_layers, cfg.fc_width,
            cfg.learning_rate, cfg.momentum, cfg.weight_decay, cfg.record_every, cfg.n_probe)  # fmt: skip
-    entry = _MODELS.fresh(
-        key,
-        build=lambda: build_vgg(
-            d.x_train.shape[1:],
-            d.num_classes,
-            depth,
-            widths=cfg.widths,
-            fc_layers=cfg.fc_layers,
-            fc_width=cfg.fc_width,
-            init=init,
-            seed=seed,
-            fixed_std=cfg.fixed_std,
-        ),  # fmt: skip
-        compile=lambda m: compile_sgd(
-            m,
-            cfg.learning_rate,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            steps_per_execution=cfg.record_every,
-        ),  # fmt: skip
-    )
+    kw = dict(widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=cfg.fc_width, fixed_std=cfg.fixed_std)
+    build = functools.partial(build_vgg, d.x_train.shape[1:], d.num_classes, depth, init=init, seed=seed, **kw)
+    compile = functools.partial(compile_sgd, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, steps_per_execution=cfg.record_every)  # fmt: skip
+    entry = _MODELS.fresh(key, build, compile)
     if "monitor" not in entry.extra:
         probe = (d.x_train[: cfg.n_probe], d.y_train[: cfg.n_probe])
         names = [la.name for la in weight_layers(entry.model)]
