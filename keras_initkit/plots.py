@@ -21,7 +21,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["layer_histograms", "percentile_bands", "stat_over_training", "variance_vs_depth"]
+__all__ = [
+    "learning_curves",
+    "layer_histograms",
+    "palette",
+    "percentile_bands",
+    "stat_over_training",
+    "variance_vs_depth",
+]
 
 # How each kind reads on an axis.
 KIND_LABELS = {
@@ -115,6 +122,27 @@ def _chosen_layers(data: pd.DataFrame, layers, kind: str, what: str) -> list:
     return [name for name in order if name in layers]
 
 
+def palette(levels: Sequence) -> dict:
+    """Level -> colour, the one palette of every figure with a `hue`: seaborn's default colour cycle over `levels` in
+    the order given (the figures pass their sorted levels). A study that wants one colour per level across figures
+    (even where a figure lacks some levels) builds it once over all its levels and passes it as `palette=`.
+
+    Example:
+    >>> colors = palette(["GlorotAvg", "He"])  # {"GlorotAvg": (r, g, b), "He": (r, g, b)}
+    """
+    levels = list(levels)
+    return dict(zip(levels, sns.color_palette(n_colors=len(levels)), strict=True)) if levels else {}
+
+
+def _hue_palette(hues: list, given: dict | None) -> dict:
+    if given is None:
+        return palette(hues)
+    missing = [h for h in hues if h not in given]
+    if missing:
+        raise ValueError(f"`palette` must give a colour to every hue level. Missing: {missing}")
+    return given
+
+
 def _layer_colors(layers: list) -> dict:
     return dict(zip(layers, sns.color_palette("viridis", n_colors=len(layers)), strict=True)) if layers else {}
 
@@ -123,6 +151,7 @@ def variance_vs_depth(
     frame: pd.DataFrame,
     kind: str = "preact",
     *,
+    x: str = "depth",
     stat: str = "var",
     hue: str | None = "init",
     col: str | None = None,
@@ -131,6 +160,7 @@ def variance_vs_depth(
     logy: bool = True,
     errorbar="sd",
     title: str | None = None,
+    palette: dict | None = None,
 ) -> Figure:
     """Per-layer statistic (the variance by default) against depth, one line per `hue` level: He et al. Eq 8-10,
     Glorot & Bengio Fig 6-7 summarized. With `predicted` (a `theory.predict_variance` frame, optionally carrying
@@ -142,6 +172,7 @@ def variance_vs_depth(
     Args:
         frame: tidy frame with columns depth, kind, value (stat, step optional) and the `hue`/`col` columns.
         kind: which tensor ("preact", "activation", "grad_preact", ...).
+        x: the column of the monitored layer's index ("depth", as the monitor and the theory write it).
         stat: which statistic, where the frame has a `stat` column.
         hue: column giving one line (color) per level, or None.
         col: column giving one panel per level, or None.
@@ -152,11 +183,12 @@ def variance_vs_depth(
             for all rows).
         logy: log-scaled y axis.
         errorbar: seaborn's errorbar over rows sharing a point (e.g. seeds): "sd", ("pi", 100), None, ...
+        palette: `hue` level -> colour (default: `palette` over the sorted levels present).
 
     Returns:
         The Figure, one axes per `col` level.
     """
-    _check_frame(frame, "frame", ["depth", "kind", "value"])
+    _check_frame(frame, "frame", [x, "kind", "value"])
     _check_column(frame, "hue", hue)
     _check_column(frame, "col", col)
     data = _where(frame, "frame", "kind", kind)
@@ -165,22 +197,22 @@ def variance_vs_depth(
     data = _step(data, "frame", step)
     pred = None
     if predicted is not None:
-        _check_frame(predicted, "predicted", ["depth", "kind", "value"])
+        _check_frame(predicted, "predicted", [x, "kind", "value"])
         pred = predicted[predicted["kind"] == kind]  # the theory covers some kinds only: none, no dashed line
         if "stat" in pred.columns:
             pred = pred[pred["stat"] == stat]
     hues, cols = _levels(data, hue), _levels(data, col)
-    palette = dict(zip(hues, sns.color_palette(n_colors=len(hues)), strict=True))
+    colors = _hue_palette(hues, palette) if hue else {}
     fig, axes = _panels(len(cols))
     for i, (ax, level) in enumerate(zip(axes, cols, strict=True)):
         sub = _subset(data, col, level)
         sns.lineplot(
             data=sub,
-            x="depth",
+            x=x,
             y="value",
             hue=hue,
             hue_order=hues if hue else None,
-            palette=palette if hue else None,
+            palette=colors if hue else None,
             marker="o",
             errorbar=errorbar,
             ax=ax,
@@ -191,8 +223,8 @@ def variance_vs_depth(
             p = _subset(pred, col, level)
             by_hue = hue is not None and hue in p.columns
             for h in hues if by_hue else [None]:
-                line = _subset(p, hue, h).groupby("depth")["value"].mean()
-                color = palette[h] if by_hue else "black"
+                line = _subset(p, hue, h).groupby(x)["value"].mean()
+                color = colors[h] if by_hue else "black"
                 ax.plot(line.index, line.to_numpy(), linestyle="--", color=color, linewidth=1.2)
             if i == 0:
                 handles, labels = ax.get_legend_handles_labels()
@@ -401,4 +433,108 @@ def percentile_bands(
         if i == 0:
             ax.legend(fontsize="small")
         _title(ax, col, level, title, fig, i)
+    return fig
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def learning_curves(
+    frame: pd.DataFrame,
+    y: str = "loss",
+    *,
+    x: str = "step",
+    hue: str | None = None,
+    col: str | None = None,
+    style: str | None = None,
+    units: str | None = None,
+    hue_order: Sequence | None = None,
+    col_order: Sequence | None = None,
+    palette: dict | None = None,
+    col_label: str = "{col} = {level}",
+    logy: bool = False,
+    ylim: tuple[float, float] | None = None,
+    xlabel: str = "step",
+    ylabel: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A training curve (loss, held-out error or accuracy against updates) per `hue` (colour) and `style` (line
+    style) level, one panel per `col` level: He et al. Fig 2-3, Glorot & Bengio's error curves, Ioffe & Szegedy
+    Fig 1a.
+
+    With `units` (e.g. "seed"), one thin line per unit; without, the mean over the rows sharing a point (seeds) as a
+    line and their min-max range as a band.
+
+    Example:
+    >>> fig = learning_curves(curves, "loss", hue="init", col="depth", units="seed", col_label="{level} layers")
+
+    Args:
+        frame: tidy curves, one row per (run, x): the columns `x`, `y` and the `hue`/`col`/`style`/`units` ones.
+        y: the column drawn.
+        x: the column of the horizontal axis.
+        hue: column giving one colour per level, or None.
+        col: column giving one panel per level, or None.
+        style: column giving one line style per level (up to 4), or None.
+        units: column giving one line per level within a (hue, style), or None (mean line and min-max band).
+        hue_order, col_order: the levels in order (default: sorted levels present).
+        palette: hue level -> colour (default: `palette(hue_order)`).
+        col_label: panel title, formatted with `col` and `level`.
+        logy: log-scaled y axis.
+        ylim: y limits.
+        xlabel, ylabel: axis labels (ylabel default: `y`).
+        title: the figure's title.
+
+    Returns:
+        The Figure, one axes per `col` level sharing the y axis, a legend of the hue (and style) levels below.
+    """
+    _check_frame(frame, "frame", [x, y])
+    for arg, column in (("hue", hue), ("col", col), ("style", style), ("units", units)):
+        _check_column(frame, arg, column)
+    if frame.empty:
+        raise ValueError("`frame` must have rows. Received: an empty frame")
+    hues = list(hue_order) if hue_order is not None else _levels(frame, hue)
+    cols = list(col_order) if col_order is not None else _levels(frame, col)
+    styles = _levels(frame, style)
+    if len(styles) > len(LINESTYLES):
+        raise ValueError(f"`style` must have at most {len(LINESTYLES)} levels. Received: {len(styles)} ({styles})")
+    colors = _hue_palette(hues, palette) if hue else {None: sns.color_palette()[0]}
+    dashes = dict(zip(styles, LINESTYLES, strict=False))
+    fig, axes = _panels(len(cols), height=PANEL_HEIGHT + 0.4)
+    for ax, level in zip(axes, cols, strict=True):
+        sub = _subset(frame, col, level)
+        for h in hues:
+            for st in styles:
+                part = _subset(_subset(sub, hue, h), style, st)
+                if part.empty:
+                    continue
+                color, ls = colors[h], dashes[st]
+                if units is not None:
+                    for _, run in part.groupby(units, sort=True):
+                        run = run.sort_values(x)
+                        ax.plot(run[x].to_numpy(), run[y].to_numpy(), color=color, ls=ls, lw=1.0, alpha=0.8)
+                else:
+                    g = part.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
+                    ax.plot(g.index.to_numpy(), g["mean"].to_numpy(), color=color, ls=ls, lw=1.4)
+                    ax.fill_between(g.index.to_numpy(), g["min"].to_numpy(), g["max"].to_numpy(), color=color,
+                                    alpha=0.15, linewidth=0)  # fmt: skip
+        if logy:
+            ax.set_yscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if col is not None:
+            ax.set_title(col_label.format(col=col, level=level), fontsize=10)
+    axes[0].set_ylabel(ylabel or y)
+    handles, labels = [], []
+    for h in hues if hue else []:
+        handles.append(Line2D([], [], color=colors[h]))
+        labels.append(str(h))
+    for st in styles if style else []:
+        handles.append(Line2D([], [], color="gray", ls=dashes[st]))
+        labels.append(f"{style} = {st}")
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), frameon=False)
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
     return fig

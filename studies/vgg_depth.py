@@ -34,10 +34,12 @@ PAPER: CIFAR-10 (Shapeset 32x32 when the CIFAR-10 files are absent), VGG widths 
 layers, depths 8-30 with VGG A (11) and E (19), S&Z's SGD (learning rate 1e-2, momentum 0.9, weight decay 5e-4),
 batch 128, 20 epochs, every cell in 3 seeds; the recipe with S&Z's A (11 layers) into 19 layers, 4 convs copied.
 
+SMOKE: the whole pipeline (tables, claims, figures, report) in seconds: 4-layer nets of width 8, one seed, 20 updates.
+
 Run: `make study-vgg` (the QUICK profile) or
-`python -m keras_initkit.study.cli vgg_depth --profile quick|paper [--engine process --jobs 2]`.
+`python -m keras_initkit.study.cli vgg_depth --profile quick|paper|smoke [--engine process --jobs 2]`.
 Results: results/vgg_depth/<profile>/, and the QUICK report in docs/results/vgg_depth/REPORT.md.
-`build_vgg` (the model builder, with a `batchnorm` switch) and `transfer_layers` (the recipe's copy) are importable.
+The nets and the recipe's copy are `keras_initkit.study.models.build_vgg` and `transfer_layers`.
 """
 
 from __future__ import annotations
@@ -46,15 +48,19 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 
-from keras_initkit.initializers import FixedNormal, GlorotAvg, GlorotFanIn, He
+from keras_initkit.study.data import load_data
 from keras_initkit.study.grid import derive_seed
-from keras_initkit.study.metrics import error_percent
+from keras_initkit.study.metrics import cross_entropy, error_percent
+from keras_initkit.study.models import build_vgg, layer_names, transfer_layers, weight_layers
+from keras_initkit.study.summary import UNDERFLOW, claim_row, layer_factors, spread, with_trial
+from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve
+
+__all__ = ["build_vgg", "layer_names", "transfer_layers", "weight_layers"]  # the nets, from keras_initkit.study.models
 
 NAME = "vgg_depth"
 
@@ -86,7 +92,8 @@ FLAT_LOW, FLAT_HIGH = 2.0**-0.5, 2.0**0.5
 STALL_FRACTION = 0.02  # "stalled": the final loss is within 2% of ln K (chance) ...
 TAIL_FRACTION = 0.1  # ... where the final loss is the mean over the last 10% of the updates
 H4_MAX_RATIO = 1e-2  # "orders of magnitude smaller": the early-layer gradient std ratio is below 1/100
-UNDERFLOW = 1e-30  # a float32 variance below this has lost its precision (the squares underflow): left out of fits
+# UNDERFLOW (keras_initkit.study.summary, 1e-30): a float32 variance at or below it has lost its precision (the
+# squares underflow): left out of the fits
 PAPER_H4 = 1.0 / 1.7e4
 
 RULES = {
@@ -208,167 +215,24 @@ PAPER = Config(
     recipe_copy_convs=4,
     recipe_fills=("fixed", "he_fan_in"),
 )
-PROFILES = {"quick": QUICK, "paper": PAPER}
+SMOKE = Config(
+    depths=(4,),
+    inits=("fixed", "glorot_fan_in", "he_fan_in"),
+    seeds=(0,),
+    widths=(8,),
+    train_cells=((4, "he_fan_in"), (4, "glorot_fan_in"), (4, "fixed")),
+    extra_cells=(),
+    steps=20,
+    record_every=10,
+    n_probe=32,
+    h4_depth=4,
+    recipe_a_depth=2,
+    recipe_a_steps=10,
+    recipe_depth=4,
+    recipe_copy_convs=1,
+)
+PROFILES = {"quick": QUICK, "paper": PAPER, "smoke": SMOKE}
 TRIAL_KEYS = ("part", "depth", "init", "seed", "steps")
-
-
-# ------------------------------------------------------------------------------------------------------ the nets
-
-
-def make_initializer(init: str, seed: int, fixed_std: float = 0.01) -> keras.initializers.Initializer:
-    """A fresh initializer instance for one layer: a name from INITS."""
-    if init == "fixed":
-        return FixedNormal(fixed_std, seed=seed)
-    if init == "glorot_fan_in":
-        return GlorotFanIn(seed=seed)
-    if init == "glorot_avg":
-        return GlorotAvg(seed=seed)
-    if init == "he_fan_in":
-        return He(mode="fan_in", seed=seed)
-    if init == "he_fan_out":
-        return He(mode="fan_out", seed=seed)
-    raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
-
-
-def stage_sizes(n_conv: int, n_stages: int) -> list[int]:
-    """Convs per stage: an even split, the remainder to the deepest stages (VGG grows its later stages)."""
-    if n_conv < n_stages:
-        raise ValueError(f"`depth` leaves {n_conv} convs for {n_stages} stages; each stage needs one at least")
-    base, extra = divmod(n_conv, n_stages)
-    return [base + (1 if s >= n_stages - extra else 0) for s in range(n_stages)]
-
-
-def layer_names(depth: int, widths: Sequence[int] = (32,), fc_layers: int = 1) -> list[str]:
-    """Weight-layer names of `build_vgg(depth, ...)`, input side first: conv<stage>_<i> ..., fc1 ... fc<fc_layers>."""
-    if fc_layers < 1:
-        raise ValueError(f"`fc_layers` must be >= 1 (the classifier). Received: fc_layers={fc_layers}")
-    sizes = stage_sizes(depth - fc_layers, len(widths))
-    convs = [f"conv{s + 1}_{i + 1}" for s, n in enumerate(sizes) for i in range(n)]
-    return convs + [f"fc{j + 1}" for j in range(fc_layers)]
-
-
-def build_vgg(
-    input_shape: Sequence[int],
-    num_classes: int,
-    depth: int,
-    *,
-    widths: Sequence[int] = (32,),
-    fc_layers: int = 1,
-    fc_width: int = 64,
-    init: str | dict[str, str] = "he_fan_in",
-    seed: int = 0,
-    fixed_std: float = 0.01,
-    batchnorm: bool = False,
-) -> keras.Model:
-    """A plain VGG-style ReLU net of `depth` weight layers: 3x3 "same" convs in stages of `widths` channels, a 2x2
-    max-pool after every stage but the last, Flatten, `fc_layers` dense layers (the last the linear classifier).
-
-    No residuals; biases start at 0; every weight layer gets its own initializer instance seeded from
-    (seed, "layer", index). With `batchnorm=True` each conv and hidden dense layer is linear and bias-free, followed by
-    BatchNormalization (`bn...`) and a ReLU layer (`relu...`) (Ioffe & Szegedy's placement, before the nonlinearity).
-
-    Args:
-        input_shape: (height, width, channels).
-        num_classes: units of the classifier.
-        depth: weight layers, convs + dense; at least len(widths) + fc_layers.
-        widths: channels of each conv stage.
-        fc_layers: dense layers of the head, classifier included.
-        fc_width: units of the hidden dense layers.
-        init: a name from INITS for every layer, or a dict layer name -> name (layers left out use "he_fan_in").
-        seed: base seed of the per-layer initializer seeds.
-        fixed_std: std of the "fixed" initializer.
-        batchnorm: insert BatchNormalization before every ReLU.
-    """
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
-        raise ValueError(f"`depth` must be an int. Received: depth={depth!r}")
-    if depth < len(widths) + fc_layers:
-        raise ValueError(
-            f"`depth` must be >= len(widths) + fc_layers = {len(widths) + fc_layers}. Received: depth={depth}"
-        )
-    names = layer_names(int(depth), widths, fc_layers)
-    per_layer = init if isinstance(init, dict) else dict.fromkeys(names, init)
-    unknown = [n for n in per_layer if n not in names]
-    if unknown:
-        raise ValueError(f"`init` names layers the net does not have: {unknown}. Layers: {names}")
-
-    def initializer(index: int, name: str):
-        return make_initializer(per_layer.get(name, "he_fan_in"), derive_seed(seed, "layer", index), fixed_std)
-
-    def relu_block(x, layer, tag: str):
-        if not batchnorm:
-            return layer(x)
-        x = layer(x)
-        x = keras.layers.BatchNormalization(name=f"bn{tag}")(x)
-        return keras.layers.Activation("relu", name=f"relu{tag}")(x)
-
-    inputs = keras.Input(tuple(input_shape), name="image")
-    x = inputs
-    sizes = stage_sizes(depth - fc_layers, len(widths))
-    index = 0
-    for s, (n, width) in enumerate(zip(sizes, widths, strict=True)):
-        for _ in range(n):
-            name = names[index]
-            conv = keras.layers.Conv2D(
-                width,
-                3,
-                padding="same",
-                activation=None if batchnorm else "relu",
-                use_bias=not batchnorm,
-                kernel_initializer=initializer(index, name),
-                bias_initializer="zeros",
-                name=name,
-            )
-            x = relu_block(x, conv, name[4:])
-            index += 1
-        if s < len(widths) - 1:
-            x = keras.layers.MaxPooling2D(2, name=f"pool{s + 1}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    for j in range(fc_layers):
-        name = names[index]
-        last = j == fc_layers - 1
-        dense = keras.layers.Dense(
-            num_classes if last else fc_width,
-            activation=None if (last or batchnorm) else "relu",
-            use_bias=last or not batchnorm,
-            kernel_initializer=initializer(index, name),
-            bias_initializer="zeros",
-            name=name,
-        )
-        x = dense(x) if last else relu_block(x, dense, name[2:])
-        index += 1
-    return keras.Model(inputs, x, name=f"vgg{depth}{'_bn' if batchnorm else ''}")
-
-
-def weight_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The conv and dense layers of a `build_vgg` net, input side first."""
-    return [la for la in model.layers if isinstance(la, (keras.layers.Conv2D, keras.layers.Dense))]
-
-
-def transfer_layers(source: keras.Model, target: keras.Model, n_convs: int) -> list[str]:
-    """The VGG recipe's copy (Simonyan & Zisserman 3.1): the first `n_convs` conv layers of `source` and all its dense
-    layers into the layers of the same name in `target` (same stage and position in the stage), weights and biases.
-
-    Returns the names copied. Raises ValueError when a layer is missing from `target` or its shapes differ.
-    """
-    convs = [la for la in weight_layers(source) if isinstance(la, keras.layers.Conv2D)]
-    if not 0 <= n_convs <= len(convs):
-        raise ValueError(f"`n_convs` must be in [0, {len(convs)}] (the source's convs). Received: n_convs={n_convs}")
-    chosen = convs[:n_convs] + [la for la in weight_layers(source) if isinstance(la, keras.layers.Dense)]
-    target_names = {la.name for la in target.layers}
-    copied = []
-    for layer in chosen:
-        if layer.name not in target_names:
-            raise ValueError(
-                f"`target` has no layer {layer.name!r} to receive the copy. It has: {sorted(target_names)}"
-            )
-        dst = target.get_layer(layer.name)
-        src_w, dst_w = layer.get_weights(), dst.get_weights()
-        shapes = [w.shape for w in src_w], [w.shape for w in dst_w]
-        if shapes[0] != shapes[1]:
-            raise ValueError(f"layer {layer.name!r}: shapes differ, source {shapes[0]} vs target {shapes[1]}")
-        dst.set_weights(src_w)
-        copied.append(layer.name)
-    return copied
 
 
 # ---------------------------------------------------------------------------------------------------- the grid
@@ -450,140 +314,46 @@ def trials(cfg: Config) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- one trial
 
 
-@functools.lru_cache(maxsize=2)
 def _data(cfg: Config):
-    """The Config's data set, or its fallback_data when the files of `data` are absent."""
-    from keras_initkit.datasets import load
-
-    def get(name: str):
-        kwargs = {"size": cfg.size} if name == "shapeset" else {}
-        return load(name, n_train=cfg.n_train, n_test=cfg.n_test, **kwargs)
-
-    try:
-        return get(cfg.data)
-    except FileNotFoundError:
-        if cfg.fallback_data is None:
-            raise
-        return get(cfg.fallback_data)
+    """The Config's data set, or its fallback_data when the files of `data` are absent (cached per process)."""
+    return load_data(cfg.data, fallback=cfg.fallback_data, n_train=cfg.n_train, n_test=cfg.n_test, size=cfg.size)
 
 
-def initialize(model: keras.Model, init: str | dict[str, str], seed: int, fixed_std: float = 0.01) -> None:
-    """Draw a `build_vgg` net's weights again, exactly as `build_vgg(..., init=init, seed=seed)` draws them: each
-    weight layer's kernel from its own initializer seeded from (seed, "layer", index), biases 0; BatchNormalization
-    layers back to gamma 1, beta 0 and their moving statistics to 0 and 1."""
-    layers = weight_layers(model)
-    names = [la.name for la in layers]
-    per_layer = init if isinstance(init, dict) else dict.fromkeys(names, init)
-    for index, layer in enumerate(layers):
-        kernel = make_initializer(per_layer.get(layer.name, "he_fan_in"), derive_seed(seed, "layer", index), fixed_std)
-        layer.kernel.assign(kernel(tuple(layer.kernel.shape), dtype=layer.kernel.dtype))
-        if layer.use_bias:
-            layer.bias.assign(keras.ops.zeros(layer.bias.shape, dtype=layer.bias.dtype))
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            for var, value in ((layer.gamma, 1.0), (layer.beta, 0.0), (layer.moving_mean, 0.0),
-                               (layer.moving_variance, 1.0)):  # fmt: skip
-                if var is not None:
-                    var.assign(keras.ops.full(var.shape, value, dtype=var.dtype))
-
-
-def _reset_optimizer(model: keras.Model) -> None:
-    """Optimizer state back to its start (iteration count and momenta 0); the learning rate is kept."""
-    for var in model.optimizer.variables:
-        if var.name != "learning_rate":
-            var.assign(keras.ops.zeros(var.shape, dtype=var.dtype))
-
-
-# Per process: one compiled net per architecture, with its at-init monitor. Trials draw fresh weights into it
-# (`initialize`, `_reset_optimizer`) instead of building a new one, so the train step and the monitor's probe pass
-# are traced once per depth and process, not once per trial; the tables are the same as from a fresh build.
-_NETS: dict = {}
-
-
-def _net(cfg: Config, depth: int):
-    from keras_initkit.monitor import VarianceMonitor
-
-    d = _data(cfg)
-    key = (cfg.data, cfg.n_train, cfg.size, depth, cfg.widths, cfg.fc_layers, cfg.fc_width, cfg.learning_rate,
-           cfg.momentum, cfg.weight_decay, cfg.record_every, cfg.n_probe)  # fmt: skip
-    if key not in _NETS:
-        model = build_vgg(
-            d.x_train.shape[1:], d.num_classes, depth, widths=cfg.widths, fc_layers=cfg.fc_layers,
-            fc_width=cfg.fc_width,
-        )  # fmt: skip
-        _compile(model, cfg)
-        probe = (d.x_train[: cfg.n_probe], d.y_train[: cfg.n_probe])
-        names = [la.name for la in weight_layers(model)]
-        _NETS[key] = (model, VarianceMonitor(probe=probe, layers=names, stats=["var", "std"]))
-    return _NETS[key]
+# Per process: one compiled net per architecture (keras_initkit.study.training.ModelCache), with its at-init monitor;
+# the train step and the monitor's probe pass are traced once per depth and process, not once per trial.
+_MODELS = ModelCache()
 
 
 def fresh_net(cfg: Config, depth: int, init: str | dict[str, str], seed: int):
     """(compiled model, its at-init VarianceMonitor), with the weights `build_vgg(depth, init=init, seed=seed)` has
     and a fresh optimizer state."""
-    model, monitor = _net(cfg, depth)
-    initialize(model, init, seed, cfg.fixed_std)
-    _reset_optimizer(model)
-    return model, monitor
+    from keras_initkit.monitor import VarianceMonitor
 
-
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
-    """An endless stream of shuffled mini-batches (a fresh permutation each pass), deterministic for the seed."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat().batch(batch_size, drop_remainder=True)
-    return ds.prefetch(2)
-
-
-class _Curve(keras.callbacks.Callback):
-    """Mean training loss of each chunk of `every` updates (Keras resets its loss mean at each epoch = chunk); stops
-    training after the first chunk at or below `stop_below` when given."""
-
-    def __init__(self, every: int, offset: int = 0, stop_below: float | None = None):
-        super().__init__()
-        self.every, self.offset, self.stop_below = every, offset, stop_below
-        self.rows: list[dict] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = float((logs or {}).get("loss", np.nan))
-        self.rows.append({"step": self.offset + (epoch + 1) * self.every, "loss": loss})
-        if self.stop_below is not None and loss <= self.stop_below:
-            self.model.stop_training = True
-
-
-def _compile(model: keras.Model, cfg: Config) -> None:
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps_per_execution=cfg.record_every,
-    )
+    d = _data(cfg)
+    key = (cfg.data, cfg.fallback_data, cfg.n_train, cfg.size, depth, cfg.widths, cfg.fc_layers, cfg.fc_width,
+           cfg.learning_rate, cfg.momentum, cfg.weight_decay, cfg.record_every, cfg.n_probe)  # fmt: skip
+    kw = dict(widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=cfg.fc_width, fixed_std=cfg.fixed_std)
+    build = functools.partial(build_vgg, d.x_train.shape[1:], d.num_classes, depth, init=init, seed=seed, **kw)
+    compile = functools.partial(compile_sgd, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, steps_per_execution=cfg.record_every)  # fmt: skip
+    entry = _MODELS.fresh(key, build, compile)
+    if "monitor" not in entry.extra:
+        probe = (d.x_train[: cfg.n_probe], d.y_train[: cfg.n_probe])
+        names = [la.name for la in weight_layers(entry.model)]
+        entry.extra["monitor"] = VarianceMonitor(probe=probe, layers=names, stats=["var", "std"])
+    return entry.model, entry.extra["monitor"]
 
 
 def _train(model: keras.Model, cfg: Config, steps: int, seed: int, offset: int = 0, stop: bool = True) -> pd.DataFrame:
     """`steps` SGD updates (fewer when `stop` and cfg.stop_at_threshold); the curve (step, loss) with a row at step
     `offset` for the probe batch's loss before the first update."""
     d = _data(cfg)
-    before = _loss(model, d.x_train[: cfg.n_probe], d.y_train[: cfg.n_probe])
-    curve = _Curve(cfg.record_every, offset, cfg.loss_threshold if stop and cfg.stop_at_threshold else None)
-    model.fit(
-        _batches(d.x_train, d.y_train, cfg.batch_size, derive_seed(seed, "order", offset)),
-        epochs=steps // cfg.record_every,
-        steps_per_epoch=cfg.record_every,
-        callbacks=[curve],
-        shuffle=False,  # the stream is shuffled already
-        verbose=0,
-    )
-    return pd.DataFrame([{"step": offset, "loss": before}, *curve.rows])
-
-
-def _loss(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
-    logits = keras.ops.convert_to_numpy(model(x, training=False)).astype(np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(len(y)), y].mean())
+    x, y = d.x_train[: cfg.n_probe], d.y_train[: cfg.n_probe]
+    return fit_curve(
+        model, d.x_train, d.y_train, steps=steps, every=cfg.record_every, batch_size=cfg.batch_size,
+        seed=derive_seed(seed, "order", offset), offset=offset, start=lambda m: {"loss": cross_entropy(m, x, y)},
+        stop_below=cfg.loss_threshold if stop and cfg.stop_at_threshold else None,
+    )  # fmt: skip
 
 
 def curve_outcome(curve: pd.DataFrame, num_classes: int, threshold: float) -> dict:
@@ -611,29 +381,18 @@ def curve_outcome(curve: pd.DataFrame, num_classes: int, threshold: float) -> di
     }
 
 
-def _with_trial(frame: pd.DataFrame, trial: dict, keep: Sequence[str] = (), **extra) -> pd.DataFrame:
-    """The frame with the trial's parameters as columns (but the columns in `keep`) and `extra` ones."""
-    frame = frame.copy()
-    for key in TRIAL_KEYS:
-        if key not in keep:
-            frame[key] = trial[key]
-    for key, value in extra.items():
-        frame[key] = value
-    return frame
-
-
 def measure_at_init(model: keras.Model, monitor, probe_x: np.ndarray) -> pd.DataFrame:
     """Per weight layer, on the monitor's probe batch: the measured variance and std of preact, activation, dC/ds and
-    dC/dW, with `theory.predict_variance`'s prediction (`predicted`) beside the variances it covers.
+    dC/dW, with `theory.predict_variance`'s prediction (`predicted`, from `theory.compare`) beside the variances it
+    covers.
 
-    Columns: layer, index (0-based weight layer), kind, stat, value, diverged, predicted. The backward prediction
-    starts from the measured Var(dC/ds) of the classifier (the theory does not see the labels).
+    Columns: layer, index (the monitor's `depth`: 0-based weight layer), kind, stat, value, diverged, predicted. The
+    backward prediction starts from the measured Var(dC/ds) of the classifier (the theory does not see the labels).
     """
-    from keras_initkit.theory import predict_variance
+    from keras_initkit.theory import compare, predict_variance
 
     frame = monitor.measure(model)
     frame = frame[frame["kind"].isin(("preact", "activation", "grad_preact", "grad_kernel"))]
-    frame = frame.rename(columns={"depth": "index"}).drop(columns=["step", "epoch"])
     names = [la.name for la in weight_layers(model)]
     top = frame[(frame["layer"] == names[-1]) & (frame["kind"] == "grad_preact") & (frame["stat"] == "var")]
     top_grad_var = float(top["value"].iloc[0]) if len(top) and float(top["value"].iloc[0]) > 0 else 1.0
@@ -645,8 +404,17 @@ def measure_at_init(model: keras.Model, monitor, probe_x: np.ndarray) -> pd.Data
         top_grad_var=top_grad_var,
         layers=names,
     )
-    predicted = predicted[["layer", "kind", "value"]].rename(columns={"value": "predicted"}).assign(stat="var")
-    return frame.merge(predicted, on=["layer", "kind", "stat"], how="left").reset_index(drop=True)
+    pairs = compare(frame, predicted, anchor=None)[["layer", "kind", "predicted"]].assign(stat="var")
+    # the table's `depth` is the net's (a trial key): the monitored layer's index is `index` here
+    frame = frame.rename(columns={"depth": "index"}).drop(columns=["step", "epoch"])
+    return frame.merge(pairs, on=["layer", "kind", "stat"], how="left").reset_index(drop=True)
+
+
+def _outcome(curve: pd.DataFrame, model: keras.Model, cfg: Config, start: float) -> dict:
+    """A trained net's "final" row: `curve_outcome`, the test error and the wall time since `start`."""
+    d = _data(cfg)
+    outcome = curve_outcome(curve, d.num_classes, cfg.loss_threshold)
+    return {**outcome, "test_err": error_percent(model, d.x_test, d.y_test), "wall_s": time.perf_counter() - start}
 
 
 def _init_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
@@ -655,40 +423,31 @@ def _init_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     for init in cfg.inits:
         model, monitor = fresh_net(cfg, trial["depth"], init, int(trial["seed"]))
         frames.append(measure_at_init(model, monitor, d.x_train[: cfg.n_probe]).assign(init=init))
-    return {"layers": _with_trial(pd.concat(frames, ignore_index=True), trial, keep=("init",))}
+    return {"layers": with_trial(pd.concat(frames, ignore_index=True), trial, TRIAL_KEYS, keep=("init",))}
 
 
 def _train_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     start = time.perf_counter()
-    d = _data(cfg)
     seed = int(trial["seed"])
     model, _ = fresh_net(cfg, trial["depth"], trial["init"], seed)
     curve = _train(model, cfg, trial["steps"], seed)
-    final = {
-        **curve_outcome(curve, d.num_classes, cfg.loss_threshold),
-        "test_err": error_percent(model, d.x_test, d.y_test),
-        "wall_s": time.perf_counter() - start,
-    }
+    final = _outcome(curve, model, cfg, start)
     return {
-        "curves": _with_trial(curve, trial, phase="scratch"),
-        "final": _with_trial(
-            pd.DataFrame([final]), trial, phase="scratch", a_steps=0, copied="", net_depth=trial["depth"]
+        "curves": with_trial(curve, trial, TRIAL_KEYS, phase="scratch"),
+        "final": with_trial(
+            pd.DataFrame([final]), trial, TRIAL_KEYS, phase="scratch", a_steps=0, copied="", net_depth=trial["depth"]
         ),
     }
 
 
 def _recipe_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     """Net A from N(0, fixed_std^2), then one deeper net per fill, initialized from A (`transfer_layers`)."""
-    d = _data(cfg)
     seed = int(trial["seed"])
     start = time.perf_counter()
     net_a, _ = fresh_net(cfg, cfg.recipe_a_depth, "fixed", derive_seed(seed, "net A"))
     curve_a = _train(net_a, cfg, cfg.recipe_a_steps, derive_seed(seed, "net A"), stop=False)
     curves = [curve_a.assign(phase="A")]
-    finals = [
-        {**curve_outcome(curve_a, d.num_classes, cfg.loss_threshold), "phase": "A", "a_steps": 0,
-         "test_err": error_percent(net_a, d.x_test, d.y_test), "wall_s": time.perf_counter() - start, "copied": ""}
-    ]  # fmt: skip
+    finals = [{**_outcome(curve_a, net_a, cfg, start), "phase": "A", "a_steps": 0, "copied": ""}]
     for fill in cfg.recipe_fills:
         start = time.perf_counter()
         deep, _ = fresh_net(cfg, trial["depth"], fill, seed)
@@ -697,13 +456,16 @@ def _recipe_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
         phase = f"recipe_{fill}"
         curves.append(curve.assign(phase=phase))
         finals.append(
-            {**curve_outcome(curve, d.num_classes, cfg.loss_threshold), "phase": phase, "a_steps": cfg.recipe_a_steps,
-             "test_err": error_percent(deep, d.x_test, d.y_test), "wall_s": time.perf_counter() - start,
-             "copied": ",".join(copied)}
-        )  # fmt: skip
+            {
+                **_outcome(curve, deep, cfg, start),
+                "phase": phase,
+                "a_steps": cfg.recipe_a_steps,
+                "copied": ",".join(copied),
+            }
+        )
     return {
-        "curves": _with_trial(pd.concat(curves, ignore_index=True), trial, a_depth=cfg.recipe_a_depth),
-        "final": _with_trial(pd.DataFrame(finals), trial).assign(
+        "curves": with_trial(pd.concat(curves, ignore_index=True), trial, TRIAL_KEYS, a_depth=cfg.recipe_a_depth),
+        "final": with_trial(pd.DataFrame(finals), trial, TRIAL_KEYS).assign(
             net_depth=lambda f: np.where(f["phase"] == "A", cfg.recipe_a_depth, f["depth"])
         ),
     }
@@ -729,45 +491,17 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
 # ------------------------------------------------------------------------------------------ summaries and claims
 
 
-def layer_factor(index: Sequence[float], values: Sequence[float]) -> float:
-    """exp(slope) of a least-squares line through ln(values) against the layer index: the average factor per layer.
-
-    Values that are not finite or not above UNDERFLOW are left out; NaN when fewer than two remain.
-    """
-    i = np.asarray(index, dtype=float)
-    v = np.asarray(values, dtype=float)
-    keep = np.isfinite(v) & (v > UNDERFLOW)
-    if keep.sum() < 2:
-        return float("nan")
-    return float(np.exp(np.polyfit(i[keep], np.log(v[keep]), 1)[0]))
-
-
 def depth_factors(layers: pd.DataFrame) -> pd.DataFrame:
     """Per grid trial and kind (preact, grad_preact): the measured and predicted per-layer factor of the variance over
-    the conv layers after the first (going up; `factor_down` = 1 / factor for the gradients going down)."""
+    the conv layers after the first (`keras_initkit.study.summary.layer_factors` against the layer index: going up;
+    `factor_down` = 1 / factor for the gradients going down). Variances at or below UNDERFLOW are left out."""
     sel = layers[
         (layers["kind"].isin(("preact", "grad_preact")))
         & (layers["stat"] == "var")
         & (layers["layer"].str.startswith("conv"))
         & (layers["index"] >= 1)
     ]
-    rows = []
-    for key, group in sel.groupby(["depth", "init", "seed", "kind"], sort=True):
-        group = group.sort_values("index")
-        factor = layer_factor(group["index"], group["value"])
-        predicted = layer_factor(group["index"], group["predicted"]) if "predicted" in group else float("nan")
-        rows.append(
-            {
-                **dict(zip(("depth", "init", "seed", "kind"), key, strict=True)),
-                "factor": factor,
-                "predicted": predicted,
-                "factor_down": 1.0 / factor,
-                "n_layers": int((group["value"] > UNDERFLOW).sum()),
-            }
-        )
-    return pd.DataFrame(
-        rows, columns=["depth", "init", "seed", "kind", "factor", "predicted", "factor_down", "n_layers"]
-    )
+    return layer_factors(sel, ["depth", "init", "seed", "kind"], x="index", predicted="predicted")
 
 
 def gradient_ratio(layers: pd.DataFrame, reference: str = "he_fan_in", layer: str | None = None) -> pd.DataFrame:
@@ -850,18 +584,7 @@ def recipe_table(final: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _spread(values) -> str:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return "none"
-    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    return f"{np.mean(v):.3g} ± {std:.2g} [{np.min(v):.3g}, {np.max(v):.3g}] (n={len(v)})"
-
-
-def _claim(claim: str, status: str, measured: str, paper: str) -> dict:
-    return {"claim": claim, "statement": CLAIMS[claim], "rule": RULES[claim], "measured": measured, "paper": paper,
-            "status": status}  # fmt: skip
+_claim = functools.partial(claim_row, CLAIMS, RULES)
 
 
 def claim_h1(factors: pd.DataFrame) -> dict:
@@ -881,10 +604,10 @@ def claim_h1(factors: pd.DataFrame) -> dict:
     faster = fixed["factor"] < fixed["factor_fan_in"]
     ok = bool(halves.all() and flat.all() and faster.all() and len(fixed))
     measured = (
-        f"GlorotFanIn rho = {_spread(fan_in['factor'])} ({int(halves.sum())}/{len(fan_in)} halve; predicted "
-        f"{_spread(fan_in['predicted'])}); He fan_in rho = {_spread(he['factor'])} ({int(flat.sum())}/{len(he)} "
-        f"constant; predicted {_spread(he['predicted'])}); FixedNormal rho = {_spread(fixed['factor'])} "
-        f"({int(faster.sum())}/{len(fixed)} below GlorotFanIn's; predicted {_spread(fixed['predicted'])})"
+        f"GlorotFanIn rho = {spread(fan_in['factor'])} ({int(halves.sum())}/{len(fan_in)} halve; predicted "
+        f"{spread(fan_in['predicted'])}); He fan_in rho = {spread(he['factor'])} ({int(flat.sum())}/{len(he)} "
+        f"constant; predicted {spread(he['predicted'])}); FixedNormal rho = {spread(fixed['factor'])} "
+        f"({int(faster.sum())}/{len(fixed)} below GlorotFanIn's; predicted {spread(fixed['predicted'])})"
     )
     return _claim("H1", "PASS" if ok else "FAIL", measured, paper)
 
@@ -895,10 +618,10 @@ def _cell(final: pd.DataFrame, depth: int, init: str) -> pd.DataFrame:
 
 def _outcome_text(rows: pd.DataFrame, label: str) -> str:
     hit = int(rows["converged"].sum())
-    after = f" after {_spread(rows['steps_to_threshold'])} updates" if hit else ""
+    after = f" after {spread(rows['steps_to_threshold'])} updates" if hit else ""
     return (
         f"{label}: {hit}/{len(rows)} reach the threshold{after}, {int(rows['stalled'].sum())}/{len(rows)} stalled, "
-        f"final loss {_spread(rows['final_loss'])}"
+        f"final loss {spread(rows['final_loss'])}"
     )
 
 
@@ -970,8 +693,8 @@ def claim_h4(final: pd.DataFrame, ratios: pd.DataFrame, h4_depth: int, depth: in
     kernel = ratios[(ratios["init"] == "fixed") & (ratios["depth"] == h4_depth) & (ratios["kind"] == "grad_kernel")]
     measured = (
         f"(a) depth {depth}: {_outcome_text(fixed, 'FixedNormal')}; (b) depth {h4_depth}: std dC/ds at conv2 "
-        f"FixedNormal / He = {_spread(sel['ratio'])} ({int(small.sum())}/{len(sel)} below {H4_MAX_RATIO:g}; theory "
-        f"{_spread(sel['predicted_ratio'])}); dC/dW ratio {_spread(kernel['ratio'])}"
+        f"FixedNormal / He = {spread(sel['ratio'])} ({int(small.sum())}/{len(sel)} below {H4_MAX_RATIO:g}; theory "
+        f"{spread(sel['predicted_ratio'])}); dC/dW ratio {spread(kernel['ratio'])}"
     )
     return _claim("H4", "PASS" if ok else "FAIL", measured, paper)
 
@@ -1062,36 +785,28 @@ VARIANCE_FLOOR = 1e-18  # lower end of the variance axes: FixedNormal goes on be
 
 
 def _palette() -> dict:
-    """Init label -> colour, as `keras_initkit.plots` colours a hue (seaborn's palette over the sorted levels), so
-    that an init has one colour in every figure."""
-    import seaborn as sns
+    """Init label -> colour (`keras_initkit.plots.palette` over every init's label), the same in every figure."""
+    from keras_initkit.plots import palette
 
-    labels = sorted(INIT_LABELS.values())
-    return dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
+    return palette(sorted(INIT_LABELS.values()))
 
 
 def plot_variance(layers: pd.DataFrame, kind: str = "preact"):
-    """`keras_initkit.plots.variance_vs_depth` of one kind (Var(s) going up, or Var(dC/ds) going down), one panel per
-    net depth, one colour per init: measured (band = the seeds' range) and theory's prediction (dashed), log scale.
-    Variances that underflowed float32 (<= UNDERFLOW) are left out."""
+    """`keras_initkit.plots.variance_vs_depth` of one kind (Var(s) going up, or Var(dC/ds) going down) against the
+    weight layer's index, one panel per net depth, one colour per init: measured (band = the seeds' range) and
+    theory's prediction (dashed), log scale. Variances that underflowed float32 (<= UNDERFLOW) are left out."""
     from keras_initkit.plots import variance_vs_depth
 
     sel = layers[(layers["stat"] == "var") & (layers["kind"] == kind)]
-    sel = sel.rename(columns={"depth": "net depth", "index": "depth"}).assign(init=sel["init"].map(INIT_LABELS))
-    measured = sel[sel["value"] > UNDERFLOW]
+    sel = sel.assign(init=sel["init"].map(INIT_LABELS))
     predicted = sel[sel["predicted"] > UNDERFLOW].drop(columns="value").rename(columns={"predicted": "value"})
     direction = "forward, input side first" if kind == "preact" else "backward (dC/ds), input side first"
     fig = variance_vs_depth(
-        measured,
-        kind,
-        hue="init",
-        col="net depth",
-        predicted=predicted,
-        step=None,
-        errorbar=("pi", 100),
+        sel[sel["value"] > UNDERFLOW], kind, x="index", hue="init", col="depth", predicted=predicted, step=None,
+        errorbar=("pi", 100), palette=_palette(),
         title=f"At initialization, {direction}: measured (band = seeds' range) and theory.predict_variance (dashed)"
         f"; FixedNormal continues below {VARIANCE_FLOOR:g}",
-    )
+    )  # fmt: skip
     for ax in fig.axes:
         ax.set_ylim(bottom=VARIANCE_FLOOR)
         ax.set_xlabel("weight layer (0 = first conv)")
@@ -1099,29 +814,17 @@ def plot_variance(layers: pd.DataFrame, kind: str = "preact"):
 
 
 def plot_curves(curves: pd.DataFrame):
-    """Training loss per depth (one panel each) and init (colour); one thin line per seed, ln K dotted."""
-    import matplotlib.pyplot as plt
+    """Training loss per depth (one panel each) and init (colour); one thin line per seed."""
+    from keras_initkit.plots import learning_curves
 
-    sel = curves[curves["part"] == "train"].copy()
-    sel["label"] = sel["init"].map(INIT_LABELS)
-    depths = sorted(sel["depth"].unique())
-    palette = _palette()
-    fig, axes = plt.subplots(1, len(depths), figsize=(3.8 * len(depths), 3.4), squeeze=False, sharey=True)
-    for ax, depth in zip(axes[0], depths, strict=True):
-        sub = sel[sel["depth"] == depth]
-        for (label, _seed), g in sub.groupby(["label", "seed"], sort=False):
-            ax.plot(g["step"], g["loss"], color=palette.get(label), lw=1.0, alpha=0.8)
-        ax.set_title(f"{depth} layers", fontsize=10)
-        ax.set_xlabel("SGD updates")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("training loss (chunk mean)")
-    labels = [INIT_LABELS[i] for i in INITS if INIT_LABELS[i] in set(sel["label"])]
-    handles = [plt.Line2D([], [], color=palette[la]) for la in labels]
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    sel = curves[curves["part"] == "train"]
+    sel = sel.assign(label=sel["init"].map(INIT_LABELS))
     stop = "; a net stops once it reaches the loss threshold" if _stopped_early(sel) else ""
-    fig.suptitle(f"Training loss per depth x init (one line per seed{stop})", fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    return fig
+    return learning_curves(
+        sel, "loss", hue="label", col="depth", units="seed", palette=_palette(), col_label="{level} layers",
+        hue_order=[INIT_LABELS[i] for i in INITS if INIT_LABELS[i] in set(sel["label"])], xlabel="SGD updates",
+        ylabel="training loss (chunk mean)", title=f"Training loss per depth x init (one line per seed{stop})",
+    )  # fmt: skip
 
 
 def _stopped_early(curves: pd.DataFrame) -> bool:
@@ -1134,7 +837,8 @@ def _stopped_early(curves: pd.DataFrame) -> bool:
 def plot_heatmap(final: pd.DataFrame, layers: pd.DataFrame | None = None):
     """Mean updates to the loss threshold per depth x init; "stalled" where every seed stalled, "slow" where some
     seed neither reached the threshold nor stalled, "-" where the cell was measured at init only."""
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     grid = final[final["part"] == "train"]
     depths = sorted(set(grid["depth"]) | (set(layers["depth"]) if layers is not None and len(layers) else set()))
@@ -1154,9 +858,10 @@ def plot_heatmap(final: pd.DataFrame, layers: pd.DataFrame | None = None):
                 text[r][c] = f"stalled\n({n}/{n})"
             else:
                 text[r][c] = f"slow\n(0/{n} reached)"
-    fig, ax = plt.subplots(figsize=(1.6 * len(inits) + 1.5, 0.8 * len(depths) + 1.4))
+    fig = Figure(figsize=(1.6 * len(inits) + 1.5, 0.8 * len(depths) + 1.4), layout="constrained")
+    ax = fig.subplots()
     masked = np.ma.masked_invalid(values)
-    cmap = plt.get_cmap("viridis_r").with_extremes(bad="#dddddd")
+    cmap = colormaps["viridis_r"].with_extremes(bad="#dddddd")
     im = ax.imshow(masked, cmap=cmap, aspect="auto")
     for r in range(len(depths)):
         for c in range(len(inits)):
@@ -1167,44 +872,32 @@ def plot_heatmap(final: pd.DataFrame, layers: pd.DataFrame | None = None):
     ax.set_ylabel("depth (weight layers)")
     fig.colorbar(im, ax=ax, label="updates to the loss threshold (mean over seeds that reached it)")
     ax.set_title("Updates to the loss threshold; grey: never reached ('-' = not trained)", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
 def plot_recipe(curves: pd.DataFrame):
     """The VGG recipe: net A (N(0, 0.01)), then the deeper nets initialized from it (updates counted from A's
-    start), beside He fan_in from scratch at the deeper depth."""
-    import matplotlib.pyplot as plt
+    start), beside He fan_in from scratch at the deeper depth (dashed); one line per seed."""
+    from keras_initkit.plots import learning_curves
 
     rec = curves[curves["part"] == "recipe"]
-    depth = int(rec["depth"].iloc[0])
+    depth, a_depth = int(rec["depth"].iloc[0]), int(rec["a_depth"].iloc[0])
     he = curves[(curves["part"] == "train") & (curves["depth"] == depth) & (curves["init"] == "he_fan_in")]
-    fig, ax = plt.subplots(figsize=(7.5, 4.0))
-    palette = _palette()
-    styles = {"A": ("#777777", "net A, N(0, 0.01)")}
-    for p in [p for p in dict.fromkeys(rec["phase"]) if p != "A"]:
+    names = {"A": f"net A ({a_depth} layers), N(0, 0.01)"}
+    colors = {names["A"]: "#777777"}
+    for p in dict.fromkeys(rec["phase"]):
         label = INIT_LABELS.get(p.removeprefix("recipe_"), p)
-        styles[p] = (palette.get(label, "#777777"), f"{depth} layers from A, other layers {label}")
-    he_color = palette["He fan_in"]
-    for (phase, _seed), g in rec.groupby(["phase", "seed"], sort=False):
-        color, _ = styles[phase]
-        ax.plot(g["step"], g["loss"], color=color, lw=1.0, alpha=0.8)
-    for _seed, g in he.groupby("seed"):
-        ax.plot(g["step"], g["loss"], color=he_color, lw=1.0, ls="--", alpha=0.9)
-    handles = [plt.Line2D([], [], color=c) for c, _ in styles.values()]
-    labels = [la for _, la in styles.values()]
-    a_depth = int(rec["a_depth"].iloc[0]) if "a_depth" in rec else None
-    labels[0] = f"net A ({a_depth} layers), N(0, 0.01)" if a_depth else labels[0]
-    if len(he):
-        handles.append(plt.Line2D([], [], color=he_color, ls="--"))
-        labels.append(f"{depth} layers, He fan_in from scratch")
-    ax.legend(handles, labels, fontsize=8, loc="center right", bbox_to_anchor=(1.0, 0.62), framealpha=0.9)
-    ax.set_xlabel("SGD updates (the deep nets start after net A's)")
-    ax.set_ylabel("training loss (chunk mean)")
-    ax.set_title("VGG recipe (Simonyan & Zisserman 3.1) vs He init from scratch; one line per seed", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+        names.setdefault(p, f"{depth} layers from A, other layers {label}")
+        colors.setdefault(names[p], _palette().get(label, "#777777"))
+    scratch = f"{depth} layers, He fan_in from scratch"
+    colors[scratch] = _palette()["He fan_in"]
+    frame = pd.concat([rec.assign(net=rec["phase"].map(names), start="from net A"),
+                       he.assign(net=scratch, start="from scratch")])  # fmt: skip
+    return learning_curves(
+        frame, "loss", hue="net", style="start", units="seed", hue_order=[n for n in colors if n in set(frame["net"])],
+        palette=colors, xlabel="SGD updates (the deep nets start after net A's)", ylabel="training loss (chunk mean)",
+        title="VGG recipe (Simonyan & Zisserman 3.1) vs He init from scratch; one line per seed",
+    )  # fmt: skip
 
 
 def main(argv=None) -> int:

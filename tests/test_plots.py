@@ -210,3 +210,68 @@ def test_percentile_bands_layer_and_unit_frames():
         percentile_bands(frame, percentiles=("p15", "p85"))
     with pytest.raises(ValueError, match="no rows with layer == 'nope'"):
         percentile_bands(frame, layer="nope")
+
+
+def _curves() -> pd.DataFrame:
+    rows = []
+    for init in ("He", "Glorot"):
+        for depth in (8, 30):
+            for seed in (0, 1, 2):
+                for step in range(0, 50, 10):
+                    loss = 2.3 - step / (50 if init == "He" else 500) - 0.01 * seed
+                    rows.append(dict(init=init, depth=depth, seed=seed, step=step, loss=loss, run="a"))
+    return pd.DataFrame(rows)
+
+
+def test_palette_is_the_hue_palette_of_every_figure():
+    from keras_initkit.plots import palette
+
+    colors = palette(["GlorotAvg", "StandardUniform"])
+    fig = variance_vs_depth(_monitor_frame(), hue="init")
+    lines = _data_lines(fig.axes[0])
+    assert lines[0].get_color() == colors["GlorotAvg"] and lines[1].get_color() == colors["StandardUniform"]
+    mine = {"GlorotAvg": "#ff0000", "StandardUniform": "#00ff00"}
+    fig = variance_vs_depth(_monitor_frame(), hue="init", palette=mine)
+    assert _data_lines(fig.axes[0])[0].get_color() == "#ff0000"
+    with pytest.raises(ValueError, match="`palette` must give a colour to every hue level. Missing"):
+        variance_vs_depth(_monitor_frame(), hue="init", palette={"GlorotAvg": "red"})
+    assert palette([]) == {}
+
+
+def test_variance_vs_depth_other_x_column():
+    frame = _monitor_frame().rename(columns={"depth": "index"})
+    fig = variance_vs_depth(frame, x="index", hue="init", predicted=_predicted().rename(columns={"depth": "index"}))
+    assert len([ln for ln in _data_lines(fig.axes[0]) if ln.get_linestyle() == "--"]) == 1
+
+
+def test_learning_curves_units_and_bands():
+    from keras_initkit.plots import learning_curves, palette
+
+    frame = _curves()
+    fig = learning_curves(frame, "loss", hue="init", col="depth", units="seed", col_label="{level} layers")
+    _png(fig)
+    assert [a.get_title() for a in fig.axes] == ["8 layers", "30 layers"]
+    lines = _data_lines(fig.axes[0])
+    assert len(lines) == 6  # 2 inits x 3 seeds
+    colors = palette(["Glorot", "He"])
+    assert lines[0].get_color() == colors["Glorot"] and lines[3].get_color() == colors["He"]
+    np.testing.assert_allclose(lines[3].get_ydata(), frame.query("init == 'He' and depth == 8 and seed == 0")["loss"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["Glorot", "He"]
+    band = learning_curves(frame, "loss", hue="init", col="depth", style="run", hue_order=["He", "Glorot"], logy=True)
+    ax = band.axes[0]
+    assert ax.get_yscale() == "log" and len(_data_lines(ax)) == 2
+    mean = frame.query("init == 'He' and depth == 8").groupby("step")["loss"].mean().to_numpy()
+    np.testing.assert_allclose(_data_lines(ax)[0].get_ydata(), mean)
+    polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    ys = polys[0].get_paths()[0].vertices[:, 1]
+    lo = frame.query("init == 'He' and depth == 8")["loss"].min()
+    assert len(polys) == 2 and ys.min() == pytest.approx(lo)
+    assert [t.get_text() for t in band.legends[0].get_texts()] == ["He", "Glorot", "run = a"]
+    single = learning_curves(frame.query("init == 'He' and depth == 8"), "loss")
+    assert len(single.axes) == 1 and single.axes[0].get_ylabel() == "loss"
+    with pytest.raises(ValueError, match="`hue` must be a column"):
+        learning_curves(frame, "loss", hue="nope")
+    with pytest.raises(ValueError, match="`frame` must have the columns \\['acc'\\]"):
+        learning_curves(frame, "acc")
+    with pytest.raises(ValueError, match="`frame` must have rows"):
+        learning_curves(frame.iloc[:0], "loss")

@@ -31,3 +31,15 @@ def test_accuracy_counts_argmax_hits_across_batches_and_non_finite_rows_as_wrong
 def test_accuracy_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match=r"len\(x\)=3, len\(y\)=2"):
         accuracy(_Fixed(np.zeros((3, 2), "float32")), np.zeros((3, 1), "float32"), np.zeros(2))
+
+
+def test_cross_entropy_against_a_hand_computation():
+    from keras_initkit.study.metrics import cross_entropy
+
+    logits = np.array([[0.0, 0.0], [3.0, 1.0], [1000.0, 0.0]], dtype="float32")  # the last one: shift-stable
+    y = np.array([0, 1, 0])
+    x = np.arange(3, dtype="float32")[:, None]
+    expect = np.mean([np.log(2.0), np.log1p(np.exp(2.0)), 0.0])
+    assert cross_entropy(_Fixed(logits), x, y) == pytest.approx(expect)
+    with pytest.raises(ValueError, match=r"len\(x\)=3, len\(y\)=2"):
+        cross_entropy(_Fixed(logits), x, y[:2])

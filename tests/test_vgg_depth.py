@@ -5,120 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
 from keras_initkit.studies import vgg_depth as v
-
-# --------------------------------------------------------------------------------------------------- the builder
-
-
-@pytest.mark.parametrize(
-    ("depth", "widths", "fc_layers", "convs_per_stage"),
-    [(8, (32,), 1, [7]), (30, (32,), 1, [29]), (11, (8, 16, 16, 32, 32), 3, [1, 1, 2, 2, 2]), (14, (4, 8), 2, [6, 6])],
-)
-def test_build_vgg_layers(depth, widths, fc_layers, convs_per_stage):
-    model = v.build_vgg((32, 32, 3), 10, depth, widths=widths, fc_layers=fc_layers, fc_width=16, init="he_fan_in")
-    weights = v.weight_layers(model)
-    convs = [la for la in weights if isinstance(la, keras.layers.Conv2D)]
-    dense = [la for la in weights if isinstance(la, keras.layers.Dense)]
-    assert len(weights) == depth
-    assert len(convs) == depth - fc_layers and len(dense) == fc_layers
-    assert [la.name for la in weights] == v.layer_names(depth, widths, fc_layers)
-    for s, n in enumerate(convs_per_stage):
-        stage = [la for la in convs if la.name.startswith(f"conv{s + 1}_")]
-        assert len(stage) == n and all(la.filters == widths[s] for la in stage)
-    assert all(
-        la.kernel_size == (3, 3) and la.padding == "same" and la.activation is keras.activations.relu for la in convs
-    )
-    assert sum(isinstance(la, keras.layers.MaxPooling2D) for la in model.layers) == len(widths) - 1
-    assert not any(isinstance(la, keras.layers.BatchNormalization) for la in model.layers)
-    assert dense[-1].units == 10 and dense[-1].activation is keras.activations.linear
-    assert all(la.activation is keras.activations.relu for la in dense[:-1])
-    # no residuals: a chain, each layer fed by the one before it
-    layers = model.layers[1:]
-    assert all(b.input is a.output for a, b in zip(layers[:-1], layers[1:], strict=True))
-    # every layer has its own initializer seed: two square conv kernels are not equal
-    k1, k2 = (np.asarray(la.kernel) for la in convs[-2:])
-    if k1.shape == k2.shape:
-        assert not np.allclose(k1, k2)
-
-
-def test_build_vgg_batchnorm():
-    model = v.build_vgg((8, 8, 1), 10, 5, widths=(8,), fc_layers=2, fc_width=8, init="fixed", batchnorm=True)
-    bn = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
-    relu = [la for la in model.layers if isinstance(la, keras.layers.Activation)]
-    assert len(bn) == len(relu) == 4  # 3 convs + 1 hidden dense; none after the classifier
-    hidden = v.weight_layers(model)[:-1]
-    assert all(not la.use_bias and la.activation is keras.activations.linear for la in hidden)
-    assert v.weight_layers(model)[-1].use_bias
-
-
-def test_build_vgg_initializer_scales():
-    """Each init gives its stated Var(W) for a 3x3x32x32 conv (fan 288): 1e-4, 1/288, 2/288."""
-    expect = {
-        "fixed": 1e-4,
-        "glorot_fan_in": 1 / 288,
-        "glorot_avg": 1 / 288,
-        "he_fan_in": 2 / 288,
-        "he_fan_out": 2 / 288,
-    }
-    for init, var in expect.items():
-        model = v.build_vgg((8, 8, 1), 10, 12, widths=(32,), init=init, seed=3)
-        w = np.concatenate([np.asarray(la.kernel).ravel() for la in v.weight_layers(model)[1:-1]])
-        se = var * math.sqrt(2.0 / len(w))  # of a sample variance (Gaussian; uniform is smaller)
-        assert abs(w.var() - var) < 5 * se, init
-
-
-def test_build_vgg_errors():
-    with pytest.raises(ValueError, match="depth"):
-        v.build_vgg((8, 8, 1), 10, 2, widths=(8, 8), fc_layers=1)
-    with pytest.raises(ValueError, match="init"):
-        v.build_vgg((8, 8, 1), 10, 4, widths=(8,), init="xavier")
-    with pytest.raises(ValueError, match="init"):
-        v.build_vgg((8, 8, 1), 10, 4, widths=(8,), init={"conv9_9": "fixed"})
-
-
-def test_initialize_draws_the_built_weights():
-    """`initialize` on a net of other weights gives exactly the weights `build_vgg` draws (the per-process cache)."""
-    kw = dict(widths=(8, 16), fc_layers=2, fc_width=8)
-    built = v.build_vgg((8, 8, 1), 10, 6, init="glorot_avg", seed=7, **kw)
-    other = v.build_vgg((8, 8, 1), 10, 6, init="fixed", seed=1, **kw)
-    for la in v.weight_layers(other):
-        la.bias.assign(np.ones(la.bias.shape, "float32"))
-    v.initialize(other, "glorot_avg", seed=7)
-    for a, b in zip(built.get_weights(), other.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_transfer_layers_copies_first_convs_and_head():
-    a = v.build_vgg((8, 8, 1), 10, 4, widths=(8, 8), fc_layers=2, fc_width=8, init="he_fan_in", seed=1)
-    deep = v.build_vgg((8, 8, 1), 10, 8, widths=(8, 8), fc_layers=2, fc_width=8, init="fixed", seed=2)
-    for la in v.weight_layers(a):  # trained-looking biases, so that they are checked too
-        la.bias.assign(np.full(la.bias.shape, 0.5, "float32"))
-    before = {la.name: [w.copy() for w in la.get_weights()] for la in v.weight_layers(deep)}
-    copied = v.transfer_layers(a, deep, n_convs=1)
-    # A's convs: conv1_1, conv2_1 (one per stage); the first is copied, and the dense head fc1, fc2
-    assert copied == ["conv1_1", "fc1", "fc2"]
-    for la in v.weight_layers(deep):
-        src = a.get_layer(la.name).get_weights() if la.name in copied else before[la.name]
-        for w, s in zip(la.get_weights(), src, strict=True):
-            np.testing.assert_array_equal(w, s)
-    assert not np.array_equal(deep.get_layer("conv2_1").kernel, a.get_layer("conv2_1").kernel)
-    # by stage and position: A's conv2_1 (8 -> 8 after the pool) lands on the deep net's conv2_1
-    assert v.transfer_layers(a, deep, n_convs=2)[:2] == ["conv1_1", "conv2_1"]
-    np.testing.assert_array_equal(deep.get_layer("conv2_1").kernel, a.get_layer("conv2_1").kernel)
-
-
-def test_transfer_layers_errors():
-    a = v.build_vgg((8, 8, 1), 10, 3, widths=(8,), init="fixed")
-    wide = v.build_vgg((8, 8, 1), 10, 5, widths=(16,), init="fixed")
-    with pytest.raises(ValueError, match="shapes differ"):
-        v.transfer_layers(a, wide, 1)
-    with pytest.raises(ValueError, match="n_convs"):
-        v.transfer_layers(a, wide, 3)
-
 
 # ----------------------------------------------------------------------------------------------- outcomes, rules
 
@@ -140,12 +30,6 @@ def test_curve_outcome():
     assert nan["diverged"] and nan["stalled"] and not nan["converged"]
     late = v.curve_outcome(_curve([2.3, 2.3, 0.4], start=600), 10, 0.5)  # counted from the curve's own start
     assert late["steps_to_threshold"] == 20
-
-
-def test_layer_factor():
-    assert v.layer_factor([0, 1, 2, 3], [1.0, 0.5, 0.25, 0.125]) == pytest.approx(0.5)
-    assert v.layer_factor([0, 1, 2, 3], [1.0, 1e-20, 0.0, 0.0]) == pytest.approx(1e-20)  # underflowed layers left out
-    assert math.isnan(v.layer_factor([0, 1], [1.0, 0.0]))
 
 
 def _layers(rhos: dict[str, float], depth=8, seeds=(0, 1), grad_ratio=1e-4):
@@ -278,26 +162,10 @@ def test_check_config_errors():
 
 # --------------------------------------------------------------------------------------------------- end to end
 
-TINY = dataclasses.replace(
-    v.QUICK,
-    depths=(4,),
-    inits=("fixed", "glorot_fan_in", "he_fan_in"),
-    seeds=(0,),
-    widths=(8,),
-    train_cells=((4, "he_fan_in"), (4, "glorot_fan_in"), (4, "fixed")),
-    extra_cells=(),
-    steps=20,
-    record_every=10,
-    n_probe=32,
-    h4_depth=4,
-    recipe_a_depth=2,
-    recipe_a_steps=10,
-    recipe_depth=4,
-    recipe_copy_convs=1,
-)
+TINY = v.SMOKE  # the whole pipeline in seconds
 
 
-def test_run_tiny_config_end_to_end():
+def test_run_smoke_profile_end_to_end():
     out = v.run(TINY)
     for name in ("layers", "curves", "final", "claims", "training", "recipe", "depth_factors", "gradient_ratio"):
         assert name in out and len(out[name]), name
@@ -329,12 +197,13 @@ def test_run_tiny_config_end_to_end():
 def test_cached_net_gives_the_fresh_build_tables():
     """A trial run on the per-process cached net (after other trials) equals the same trial on a fresh net."""
     trial = {"part": "train", "depth": 4, "init": "he_fan_in", "seed": 0, "steps": 20}
-    v._NETS.clear()
+    v._MODELS.clear()
     fresh = v.run_trial(TINY, trial)
     v.run_trial(TINY, {**trial, "init": "fixed", "seed": 1})
     again = v.run_trial(TINY, trial)
     pd.testing.assert_frame_equal(fresh["curves"], again["curves"], rtol=1e-5)
-    lr = [var for var in v._net(TINY, 4)[0].optimizer.variables if var.name == "learning_rate"][0]
+    assert len(v._MODELS) == 1
+    lr = [var for var in v.fresh_net(TINY, 4, "fixed", 0)[0].optimizer.variables if var.name == "learning_rate"][0]
     assert float(lr.numpy()) == pytest.approx(TINY.learning_rate)
 
 
