@@ -6,12 +6,22 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+CORES  := $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)
+# The variables `make help` lists (the defaults equal the CLI's: python -m keras_initkit study --help)
 EXTRA  ?= cpu
 PROFILE ?= quick
 ENGINE ?= process
-JOBS   ?= 2
+JOBS   ?= $(CORES)
+HELP_EXTRA   := cpu|gpu: the TensorFlow build installed into .venv (a pip extra), with the dev tools
+HELP_PROFILE := quick|paper|smoke: the Config preset of each study
+HELP_ENGINE  := serial|process|ray: where trials run
+HELP_JOBS    := trials at once (default: every core); ENGINE=ray without JOBS: the CPUs of the Ray cluster
 STAMP  := $(VENV)/.installed-$(EXTRA)
-STUDY  := $(BIN)/python -m keras_initkit.study.cli
+STUDY  := $(BIN)/python -m keras_initkit study
+STUDIES := vgg_depth sigmoid_vs_relu batchnorm
+# --jobs, except for ENGINE=ray with the default JOBS (then Ray uses the cluster's CPUs)
+JOBS_FLAG = $(if $(and $(filter ray,$(ENGINE)),$(filter file,$(origin JOBS))),,--jobs $(JOBS))
+RUN_STUDY = $(STUDY) $(1) --profile $(PROFILE) --engine $(ENGINE) $(JOBS_FLAG)
 
 export MPLBACKEND := Agg
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -24,9 +34,12 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 .PHONY: help
-help: ## List the targets
+help: ## List the targets and the variables, with their defaults
+	@echo "Targets:"
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@echo "Variables (e.g. make study-vgg PROFILE=smoke JOBS=4):"
+	@$(foreach v,EXTRA PROFILE ENGINE JOBS,printf '  \033[36m%-16s\033[0m %s\n' '$(v)=$($(v))' '$(HELP_$(v))';)
 
 .PHONY: install
 install: $(STAMP) ## Create .venv and install the package (EXTRA=cpu|gpu) with dev tools
@@ -50,19 +63,23 @@ bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a time
 	$(BIN)/python -m benchmarks.run $(BENCH)
 
 .PHONY: studies
-studies: study-vgg study-sigmoid study-bn ## Run every study (PROFILE=quick|paper)
+studies: study-vgg study-sigmoid study-bn ## Run every study (PROFILE=quick|paper|smoke), writing only results/
 
 .PHONY: study-vgg
-study-vgg: $(STAMP) ## VGG depth x init (He et al. 2015): results/vgg_depth/, docs/results/vgg_depth/
-	$(STUDY) vgg_depth --profile $(PROFILE) --engine $(ENGINE) --jobs $(JOBS)
+study-vgg: $(STAMP) ## VGG depth x init (He et al. 2015): results/vgg_depth/<profile>/
+	$(call RUN_STUDY,vgg_depth)
 
 .PHONY: study-sigmoid
-study-sigmoid: $(STAMP) ## Sigmoid vs ReLU (Glorot & Bengio 2010): results/sigmoid_vs_relu/
-	$(STUDY) sigmoid_vs_relu --profile $(PROFILE) --engine $(ENGINE) --jobs $(JOBS)
+study-sigmoid: $(STAMP) ## Sigmoid vs ReLU (Glorot & Bengio 2010): results/sigmoid_vs_relu/<profile>/
+	$(call RUN_STUDY,sigmoid_vs_relu)
 
 .PHONY: study-bn
-study-bn: $(STAMP) ## Batch norm (Ioffe & Szegedy 2015): results/batchnorm/
-	$(STUDY) batchnorm --profile $(PROFILE) --engine $(ENGINE) --jobs $(JOBS)
+study-bn: $(STAMP) ## Batch norm (Ioffe & Szegedy 2015): results/batchnorm/<profile>/
+	$(call RUN_STUDY,batchnorm)
+
+.PHONY: docs-results
+docs-results: $(STAMP) ## Run each study's quick profile and publish it to the committed docs/results/<study>/
+	set -e; $(foreach s,$(STUDIES),$(STUDY) $(s) --profile quick --engine $(ENGINE) $(JOBS_FLAG) --publish docs/results;)
 
 .PHONY: clean
 clean: ## Remove .venv, caches and results/

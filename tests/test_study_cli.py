@@ -1,10 +1,13 @@
-"""The study command line: bad input (exit 2, one line, nothing written), --data/--data-path, --plot-only, a
+"""The study command line: `python -m keras_initkit` and its --help (before TensorFlow is imported), bad input
+(exit 2, one line, nothing written), the defaults make shares, --data/--data-path, --plot-only, --publish, Ctrl-C and
 SIGKILL mid-run followed by a resume, and --deterministic run twice (each CLI run in its own process)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_initkit.study import cli, runner
+from keras_initkit.study import available_studies, cli, engines, runner
 
 TOY = str(Path(__file__).with_name("toy_study.py"))
+ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
-CLI = [sys.executable, "-m", "keras_initkit.study.cli"]
+CLI = [sys.executable, "-m", "keras_initkit", "study"]
+HEAVY = ("keras", "tensorflow", "jax", "pandas", "numpy")
 
 
 def _run_cli(argv, capsys) -> tuple[int, str]:
@@ -46,7 +51,7 @@ def _assert_same_tables(a: Path, b: Path):
     "argv, argument, allowed",
     [
         (["nope"], "argument STUDY", "choose from"),
-        ([TOY, "--profile", "huge"], "argument --profile", "quick, paper"),
+        ([TOY, "--profile", "huge"], "argument --profile", "quick, paper, smoke"),
         ([TOY, "--engine", "dask"], "argument --engine", "'serial', 'process', 'ray'"),
         ([TOY, "--data", "cifar100"], "argument --data", "blobs, digits, npz"),
         ([TOY, "--jobs", "0"], "argument --jobs", ">= 1"),
@@ -56,16 +61,105 @@ def _assert_same_tables(a: Path, b: Path):
         ([TOY, "--address", "ray://head:10001"], "argument --address", "--engine ray"),
         ([TOY, "--plot-only"], "argument --plot-only", "run the study first"),
         ([TOY, "--gpus-per-trial", "-1", "--engine", "ray"], "argument --gpus-per-trial", ">= 0"),
+        ([TOY, "--out", "a_file"], "argument --out", "must be a directory"),
+        ([TOY, "--out", "a_file/results"], "argument --out", "is a file"),
+        ([TOY, "--publish", "a_file"], "argument --publish", "must be a directory"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(argv, argument, allowed, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    rc, err = _run_cli([*argv, "--out", str(tmp_path / "out")], capsys)
+    (tmp_path / "a_file").write_text("not a folder\n")
+    rc, err = _run_cli(["--out", str(tmp_path / "out"), *argv], capsys)
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "error:" in lines[0] and argument in lines[0] and allowed in lines[0], lines[0]
-    assert list(tmp_path.iterdir()) == []  # no results, no docs copy
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]  # no results, nothing published
+
+
+def test_an_unwritable_out_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    # root writes anywhere it has a mode bit for: /proc refuses new folders to everyone
+    target = str(locked / "results") if os.geteuid() != 0 else "/proc/keras_initkit_results"
+    try:
+        rc, err = _run_cli([TOY, "--out", target], capsys)
+    finally:
+        locked.chmod(0o700)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "argument --out: cannot write in" in err and repr(target) in err
+    assert list(locked.iterdir()) == [] and [p.name for p in tmp_path.iterdir()] == ["locked"]
+
+
+def _help(*args: str) -> str:
+    """`python -m keras_initkit ARGS` in a fresh interpreter; fails unless it answered without importing Keras,
+    TensorFlow, pandas or numpy."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['keras_initkit', *{list(args)!r}]\n"
+        "try:\n    runpy.run_module('keras_initkit', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_help_lists_the_studies_and_every_default_before_tensorflow_is_imported():
+    top = _help("--help")
+    assert "study" in top and all(name in top for name in available_studies())
+    text = " ".join(_help("study", "--help").split())
+    assert {"batchnorm", "sigmoid_vs_relu", "vgg_depth"} <= set(available_studies())
+    assert all(name in text for name in available_studies())
+    for default in (
+        "PROFILES key: quick, paper, smoke (quick)",
+        "where trials run (process)",
+        f"every core, {engines.cpu_count()} here; --engine ray: the Ray cluster's CPUs",
+        "a run writes only under it (results)",
+        "DIR/<study>/, e.g. docs/results (default: none)",
+        "(default: 1)",
+        "(default: 0)",
+    ):
+        assert default in text, default
+    assert "--no-docs" not in text and "--docs-dir" not in text
+
+
+def test_the_entry_points_answer_help():
+    for command in ([sys.executable, "-m", "keras_initkit"], [sys.executable, "-m", "keras_initkit.study.cli"]):
+        done = subprocess.run([*command, "--help"], env=ENV, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "usage: python -m keras_initkit" in done.stdout, done.stderr
+    script = Path(sys.executable).with_name("keras-initkit")
+    if not script.exists():
+        pytest.skip("the keras-initkit console script is not installed in this environment (make install)")
+    done = subprocess.run([str(script), "study", "--help"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: keras-initkit study"), done.stderr
+
+
+def test_defaults_equal_makes(monkeypatch):
+    args = cli.build_command_parser().parse_args(["study", "toy"])
+    assert (args.engine, args.jobs, args.profile, args.out, args.publish) == ("process", None, "quick", "results", None)
+    engine = engines.make_engine(args.engine, args.jobs)
+    assert engine.jobs == engines.cpu_count()
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+
+    def make(*variables: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "study-vgg", *variables], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        )
+        return next(line for line in done.stdout.splitlines() if "keras_initkit study vgg_depth" in line).strip()
+
+    assert make().endswith(f"study vgg_depth --profile quick --engine process --jobs {engines.cpu_count()}")
+    assert make("PROFILE=smoke", "JOBS=3").endswith("--profile smoke --engine process --jobs 3")
+    assert make("ENGINE=ray").endswith("--engine ray")  # no --jobs: Ray uses the cluster's CPUs
+    assert make("ENGINE=ray", "JOBS=4").endswith("--engine ray --jobs 4")
+    listed = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    for variable in ("EXTRA=cpu", "PROFILE=quick", "ENGINE=process", f"JOBS={engines.cpu_count()}"):
+        assert variable in listed, variable
 
 
 def test_unknown_study_lists_the_studies_in_the_package(capsys, tmp_path, monkeypatch):
@@ -82,12 +176,12 @@ def test_data_and_data_path_override_the_config(tmp_path, monkeypatch, capsys):
     x = rng.normal(size=(200, 3)) + 2.0 * y[:, None]
     np.savez(tmp_path / "points.npz", x=x, y=y)
     monkeypatch.chdir(tmp_path)
-    argv = [TOY, "--data", "npz", "--data-path", "points.npz", "--out", "out", "--no-progress"]
+    argv = [TOY, "--data", "npz", "--data-path", "points.npz", "--out", "out", "--no-progress", "--engine", "serial"]
     assert cli.main(argv) == 0
-    root = tmp_path / "out" / "toy" / "quick-npz"  # an overridden data set gets its own folder and no docs copy
+    root = tmp_path / "out" / "toy" / "quick-npz"  # an overridden data set gets its own folder
     meta = json.loads((root / "meta.json").read_text())
     assert meta["config"]["data"] == "npz" and meta["config"]["data_path"] == str(tmp_path / "points.npz")
-    assert meta["data"] == "npz" and not (tmp_path / "docs").exists()
+    assert meta["data"] == "npz" and sorted(p.name for p in tmp_path.iterdir()) == ["out", "points.npz"]
     out = capsys.readouterr().out
     assert "T1" in out and f"Report: {Path('out') / 'toy' / 'quick-npz' / 'REPORT.md'}" in out
     # --plot-only redraws from the saved tables
@@ -107,7 +201,7 @@ def _finished(trials: Path) -> list[Path]:
 def test_sigkill_mid_run_then_resume_keeps_every_finished_trial(tmp_path):
     toy = runner.load_study(TOY)
     n_trials = len(toy.trials(toy.PAPER))  # the toy's paper profile: 4 trials of ~1.5 s
-    argv = [*CLI, TOY, "--profile", "paper", "--out", "out", "--no-docs", "--no-progress"]
+    argv = [*CLI, TOY, "--profile", "paper", "--out", "out", "--no-progress", "--engine", "serial"]
     proc = subprocess.Popen(argv, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trials = tmp_path / "out" / "toy" / "paper" / "trials"
     deadline = time.monotonic() + 300
@@ -140,8 +234,8 @@ def test_sigkill_mid_run_then_resume_keeps_every_finished_trial(tmp_path):
 def test_deterministic_runs_give_identical_tables(tmp_path):
     # one through the runner's CLI, one through the study module's own main() (`python tests/toy_study.py`)
     commands = [
-        [*CLI, TOY, "--deterministic", "--out", "a", "--no-docs", "--no-progress"],
-        [sys.executable, TOY, "--deterministic", "--out", "b", "--no-docs", "--no-progress"],
+        [*CLI, TOY, "--deterministic", "--out", "a", "--no-progress", "--engine", "serial"],
+        [sys.executable, TOY, "--deterministic", "--out", "b", "--no-progress", "--engine", "serial"],
     ]
     procs = [
         subprocess.Popen(c, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands
@@ -153,3 +247,41 @@ def test_deterministic_runs_give_identical_tables(tmp_path):
         meta = json.loads((tmp_path / run / "toy" / "quick" / "meta.json").read_text())
         assert meta["deterministic"] is True and meta["trials"]["ok"] == 4
     _assert_same_tables(tmp_path / "a" / "toy" / "quick", tmp_path / "b" / "toy" / "quick")
+
+
+@pytest.mark.slow  # 30-90 s on 2 loaded cores: a process pool starts, is interrupted, and the run is resumed
+def test_ctrl_c_stops_the_workers_and_prints_the_command_that_resumes(tmp_path):
+    argv = [TOY, "--profile", "paper", "--out", "out", "--jobs", "2", "--no-progress"]
+    proc = subprocess.Popen([*CLI, *argv], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    trials = tmp_path / "out" / "toy" / "paper" / "trials"
+    deadline = time.monotonic() + 300
+    while not _finished(trials) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="], capture_output=True, text=True).stdout
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    waited = time.monotonic() - t0
+    assert proc.returncode == 130 and waited < 10, (proc.returncode, waited)
+    err = err.decode()
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    resume = f"python -m keras_initkit study {TOY} --profile paper --out out --jobs 2 --no-progress"
+    assert last.startswith("python -m keras_initkit study: interrupted: ") and last.endswith(f"resume with: {resume}")
+    time.sleep(2)  # a worker that outlived the driver would still be running
+    assert workers.split() and not [pid for pid in workers.split() if _running(pid)]
+    kept = _finished(trials)
+    assert 1 <= len(kept) < 4 and sorted(os.listdir(trials)) == sorted(p.name for p in kept)  # no partial trial
+    assert not (tmp_path / "out" / "toy" / "paper" / "tables").exists()
+    done = subprocess.run(
+        [sys.executable, *shlex.split(resume)[1:]], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"4 trials ({len(kept)} resumed)" in done.stdout
+
+
+def _running(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

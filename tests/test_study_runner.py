@@ -25,9 +25,12 @@ def toy():
 
 @pytest.fixture(scope="module")
 def reference(toy, tmp_path_factory):
-    """One uninterrupted serial run of the quick profile, with the docs copy."""
+    """One uninterrupted serial run of the quick profile, published to out/docs (a preregistration already there)."""
     out = tmp_path_factory.mktemp("ref")
-    result = runner.run_study(toy, profile="quick", out_dir=out / "results", docs_dir=out / "docs", progress=False)
+    (out / "docs" / "toy" / "figures").mkdir(parents=True)
+    (out / "docs" / "toy" / "PREREGISTRATION.md").write_text("written before the run\n")
+    (out / "docs" / "toy" / "figures" / "stale.png").write_bytes(b"old figure")
+    result = runner.run_study(toy, profile="quick", out_dir=out / "results", publish=out / "docs", progress=False)
     return result, out
 
 
@@ -84,6 +87,8 @@ def test_end_to_end_writes_every_artefact(reference, toy):
     meta = json.loads((root / "meta.json").read_text())
     for key in ("packages", "python", "platform", "devices", "git_commit", "config", "seeds", "engine", "wall_s"):
         assert key in meta, key
+    assert meta["cpus"] == os.cpu_count() and meta["usable_cpus"] == engines.cpu_count() and "cpu_model" in meta
+    assert meta["tf_threads"] == {"intra_op": 0, "inter_op": 0}  # serial: TensorFlow's defaults
     assert meta["trials"] == {"total": 4, "ok": 4, "failed": 0, "diverged": 0, "resumed": 0}
     assert meta["profile"] == "quick" and meta["engine"] == "serial" and meta["seeds"] == [0, 1]
     assert meta["config"]["activations"] == ["relu", "tanh"] and "keras" in meta["packages"]
@@ -97,13 +102,26 @@ def test_end_to_end_writes_every_artefact(reference, toy):
     assert "4 trials: 4 ok, 0 diverged, 0 failed" in report
     assert "## Environment" in report and meta["python"] in report
     assert result.report == root / "REPORT.md"
-    # the docs copy: same report, figure links resolve relative to it
+    # the published copy: same report (figure links resolve relative to it), claims, summary tables as CSV, meta
     docs = out / "docs" / "toy"
     assert (docs / "REPORT.md").read_text() == report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert sorted(links) == ["figures/accuracy.png", "figures/curves.png"]
     for link in links:
         assert (root / link).is_file() and (docs / link).is_file()
+    assert sorted(str(p.relative_to(docs)) for p in docs.rglob("*") if p.is_file()) == [
+        "PREREGISTRATION.md",
+        "REPORT.md",
+        "claims.csv",
+        "figures/accuracy.png",
+        "figures/curves.png",
+        "meta.json",
+        "tables/accuracy.csv",
+    ]  # the stale figure is gone, the preregistration untouched
+    assert (docs / "PREREGISTRATION.md").read_text() == "written before the run\n"
+    assert (docs / "claims.csv").read_bytes() == (root / "claims.csv").read_bytes()
+    assert (docs / "meta.json").read_bytes() == (root / "meta.json").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_csv(docs / "tables" / "accuracy.csv"), result.summary["accuracy"])
 
 
 def test_runner_tables_equal_the_pure_serial_run(reference, toy):
@@ -122,6 +140,7 @@ def test_resume_skips_finished_trials(reference, toy, tmp_path, monkeypatch):
     assert counter.calls == []
     assert {p.name: (p / "record.json").read_bytes() for p in (root / "trials").iterdir()} == before
     assert json.loads((root / "meta.json").read_text())["trials"]["resumed"] == 4
+    assert again.resumed == 4 and result.resumed == 0
     # one trial file gone: only that trial runs again, and the tables come out the same
     copy = tmp_path / "results"
     import shutil
@@ -227,9 +246,25 @@ def test_plot_only_renders_the_runs_own_report(toy, tmp_path):
     assert runner.plot_study(toy, profile="quick", out_dir=tmp_path).read_text() == original
 
 
+def test_a_rerun_that_runs_no_trial_keeps_the_original_wall_time(toy, tmp_path, monkeypatch):
+    first = runner.run_study(toy, profile="smoke", out_dir=tmp_path, progress=False)
+    meta = json.loads((first.dir / "meta.json").read_text())
+    report = first.report.read_text()
+    assert meta["trials"]["resumed"] == 0 and "was resumed" not in report
+    counter = _Counter(toy, monkeypatch)
+    again = runner.run_study(toy, profile="smoke", out_dir=tmp_path, progress=False)
+    assert counter.calls == [] and again.resumed == 1 and again.wall_s == first.wall_s
+    meta_again = json.loads((first.dir / "meta.json").read_text())
+    assert (meta_again["wall_s"], meta_again["finished"]) == (meta["wall_s"], meta["finished"])
+    assert meta_again["trials"]["resumed"] == 1
+    text = again.report.read_text()
+    assert f"in {meta['wall_s']:.0f} s." in text and "Every trial (1) was resumed from an earlier run" in text
+    assert "(1 resumed from an earlier run)" in text
+
+
 def test_bad_arguments_raise_before_anything_is_written(toy, tmp_path):
     cases = [
-        (dict(profile="huge"), "--profile.*quick, paper"),
+        (dict(profile="huge"), "--profile.*quick, paper, smoke"),
         (dict(data="cifar100"), "--data.*blobs, digits, npz"),
         (dict(data_path=str(tmp_path / "nope.npz")), "--data-path.*no such file"),
         (dict(engine="dask"), "`engine` must be one of"),

@@ -1,10 +1,10 @@
 """Toy study for the runner's tests: a 2-layer Dense net on a few hundred synthetic points, trials of about a second.
 
-It follows the study contract of docs/DESIGN.md exactly (NAME, CLAIMS, Config, QUICK, PAPER, PROFILES, trials,
+It follows the study contract of docs/DESIGN.md exactly (NAME, CLAIMS, Config, QUICK, PAPER, SMOKE, PROFILES, trials,
 run_trial, summarize, plot, run, main), so the tests exercise the same paths as a real study. Two test hooks are
 plain Config fields: `fail_seeds` (those trials raise) and a huge learning rate in `lrs` (those trials diverge).
 
-Run: `python -m keras_initkit.study.cli tests/toy_study.py --profile quick --out /tmp/results --no-docs`.
+Run: `python -m keras_initkit study tests/toy_study.py --profile smoke --out /tmp/results`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class Config:
 
 QUICK = Config()
 PAPER = Config(seeds=(0, 1), pause=0.5)  # 4 trials of ~1.5 s: the kill test interrupts this one
-PROFILES = {"quick": QUICK, "paper": PAPER}
+SMOKE = Config(activations=("relu",), seeds=(0,), n=64, epochs=1)  # one trial: the whole pipeline in seconds
+PROFILES = {"quick": QUICK, "paper": PAPER, "smoke": SMOKE}
 
 
 def trials(cfg: Config) -> list[dict]:

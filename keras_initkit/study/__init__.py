@@ -1,15 +1,20 @@
 """Reproducible studies: trial grids, engines (serial, process, Ray), resumable per-trial files and reports.
 
 A study is one module following the contract in docs/DESIGN.md; `run_study(module, ...)` runs it and
-`main(NAME, argv)` is the command line its own `main()` hands over to. Names are imported lazily, so that
+`main(NAME, argv)` is the command line its own `main()` hands over to; `available_studies()` lists the packaged ones
+(keras_initkit.studies) without importing them. Names are imported lazily, so that
 `keras_initkit.study.grid` stays light for the modules that only need seeds and ids.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pkgutil
 
 from keras_initkit.study.grid import derive_seed, expand_grid, trial_id
+
+STUDIES_PACKAGE = "keras_initkit.studies"
 
 _LAZY = {
     "run_study": "runner",
@@ -18,6 +23,7 @@ _LAZY = {
     "load_study": "runner",
     "StudyResult": "runner",
     "StudyWarning": "runner",
+    "StudyInterrupted": "runner",
     "UsageError": "runner",
     "Engine": "engines",
     "SerialEngine": "engines",
@@ -26,7 +32,19 @@ _LAZY = {
     "make_engine": "engines",
 }
 
-__all__ = ["derive_seed", "expand_grid", "main", "trial_id", *sorted(_LAZY)]
+__all__ = ["available_studies", "derive_seed", "expand_grid", "main", "trial_id", *sorted(_LAZY)]
+
+
+def available_studies() -> list[str]:
+    """Names of the study modules in keras_initkit.studies (studies/<name>.py), found without importing any."""
+    try:
+        spec = importlib.util.find_spec(STUDIES_PACKAGE)
+    except ImportError:
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    modules = pkgutil.iter_modules(list(spec.submodule_search_locations))
+    return sorted(m.name for m in modules if not m.name.startswith("_"))
 
 
 def main(name: str, argv: list[str] | None = None) -> int:

@@ -1,28 +1,36 @@
 """Command line of the study runner.
 
-    python -m keras_initkit.study.cli STUDY [--profile quick|paper] [--engine serial|process|ray] [--jobs N]
-        [--data NAME] [--data-path PATH] [--out DIR] [--deterministic] [--no-resume] [--plot-only]
-        [--address ADDR] [--cpus-per-trial C] [--gpus-per-trial G] [--docs-dir DIR | --no-docs]
+    python -m keras_initkit study STUDY [--profile P] [--engine serial|process|ray] [--jobs N] [--out DIR]
+        [--publish DIR] [--data NAME] [--data-path PATH] [--deterministic] [--no-resume] [--plot-only]
+        [--address ADDR] [--cpus-per-trial C] [--gpus-per-trial G] [--no-progress]
 
-STUDY is a module name in studies/ (sigmoid_vs_relu), a dotted module name or a path to a .py file. Bad input
-gives one line `error: argument X: ...` naming the allowed values, exit code 2, and nothing written.
+(`keras-initkit study ...` is the same command; `python -m keras_initkit.study.cli STUDY ...` an alias.) STUDY is a
+module of keras_initkit.studies (vgg_depth), a dotted module name or a path to a .py file. `--help` answers before
+Keras is imported. Bad input gives one line `error: argument X: ...`, exit code 2, and nothing written; Ctrl-C
+stops the workers, keeps the finished trials, prints the command that resumes and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
-from keras_initkit.study.engines import ENGINES, RAY_MISSING
+from keras_initkit.study.engines import ENGINES, RAY_MISSING, cpu_count
 
-DOCS_DIR = os.path.join("docs", "results")
+MODULE_COMMAND = "python -m keras_initkit"
+SCRIPT = "keras-initkit"
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _int_at_least(minimum: int):
@@ -48,32 +56,116 @@ def _fraction(text: str) -> float:
     return value
 
 
-def build_parser(study: str | None = None) -> argparse.ArgumentParser:
-    prog = "python -m keras_initkit.study.cli" if study is None else study
-    p = _Parser(prog=prog, description="Run a reproducible study: trials, tables, claims, figures, REPORT.md.")
-    if study is None:
-        p.add_argument("study", metavar="STUDY", help="a study in studies/, a dotted module name or a .py path")
-    p.add_argument("--profile", default="quick", help="a key of the study's PROFILES (quick, paper)")
-    p.add_argument("--engine", default="serial", choices=ENGINES, help="where trials run")
-    p.add_argument("--jobs", type=_int_at_least(1), default=1, help="process workers, or local Ray CPUs / trial CPUs")
-    p.add_argument("--data", default=None, help="override the Config's data set")
-    p.add_argument("--data-path", default=None, help="override the Config's data_path (must exist)")
-    p.add_argument("--out", default="results", help="results root (default: results)")
-    p.add_argument("--deterministic", action="store_true", help="TensorFlow op determinism in every worker")
-    p.add_argument("--no-resume", action="store_true", help="run every trial again, ignoring finished trial files")
-    p.add_argument("--plot-only", action="store_true", help="redraw figures and REPORT.md from saved tables")
+def _studies_text() -> str:
+    from keras_initkit.study import available_studies
+
+    return ", ".join(available_studies()) or "(none installed)"
+
+
+def add_study_arguments(p: argparse.ArgumentParser, fixed: bool = False) -> None:
+    """The study command's options (and its STUDY argument unless the study is `fixed`), each with its default."""
+    if not fixed:
+        p.add_argument(
+            "study", metavar="STUDY", help=f"{_studies_text()}; or a dotted module name, or a path to a .py file"
+        )
+    p.add_argument("--profile", default="quick", help="the study's PROFILES key: quick, paper, smoke (%(default)s)")
+    p.add_argument("--engine", default="process", choices=ENGINES, help="where trials run (%(default)s)")
+    p.add_argument(
+        "--jobs",
+        type=_int_at_least(1),
+        default=None,
+        help=f"trials at once: process workers, or local Ray CPUs (default: every core, {cpu_count()} here; "
+        "--engine ray: the Ray cluster's CPUs)",
+    )
+    p.add_argument("--out", default="results", help="results root; a run writes only under it (%(default)s)")
+    p.add_argument(
+        "--publish",
+        metavar="DIR",
+        default=None,
+        help="also copy REPORT.md, figures, claims.csv, the summary tables (CSV) and meta.json to DIR/<study>/, "
+        "e.g. docs/results (default: none)",
+    )
+    p.add_argument("--data", default=None, help="override the Config's data set (default: the profile's)")
+    p.add_argument("--data-path", default=None, help="override the Config's data_path, must exist (default: none)")
+    p.add_argument("--deterministic", action="store_true", help="TensorFlow op determinism in every worker (off)")
+    p.add_argument("--no-resume", action="store_true", help="run every trial again, ignoring finished trials (off)")
+    p.add_argument("--plot-only", action="store_true", help="redraw figures and REPORT.md from saved tables (off)")
     p.add_argument("--address", default=None, help="Ray cluster address (--engine ray; default: a local instance)")
-    p.add_argument("--cpus-per-trial", type=_int_at_least(1), default=None, help="Ray CPUs per trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=_fraction, default=None, help="Ray GPUs per trial, e.g. 0.5 (default 0)")
-    p.add_argument("--docs-dir", default=DOCS_DIR, help="where the quick profile's report is copied (docs/results)")
-    p.add_argument("--no-docs", action="store_true", help="do not copy the quick report to --docs-dir")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--cpus-per-trial", type=_int_at_least(1), default=None, help="Ray CPUs per trial (default: 1)")
+    p.add_argument("--gpus-per-trial", type=_fraction, default=None, help="Ray GPUs per trial, e.g. 0.5 (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (off)")
+
+
+_DESCRIPTION = "Run a reproducible study: trials, tables, claims, figures, REPORT.md (all under --out)."
+
+
+def build_parser(study: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The study command's parser; `study` fixes the study (a study module's own `main()`)."""
+    p = _Parser(prog=prog or f"{MODULE_COMMAND}.study.cli", description=_DESCRIPTION)
+    add_study_arguments(p, fixed=study is not None)
     return p
+
+
+def build_command_parser(prog: str = MODULE_COMMAND) -> argparse.ArgumentParser:
+    """`python -m keras_initkit`'s parser: one subcommand, `study`."""
+    from keras_initkit import __version__
+
+    p = _Parser(prog=prog, description="keras_initkit: initializers, signal propagation and reproducible studies.")
+    p.add_argument("--version", action="version", version=f"keras_initkit {__version__}")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
+    study = commands.add_parser("study", help="run a study: " + _studies_text(), description=_DESCRIPTION)
+    add_study_arguments(study)
+    return p
+
+
+def command(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`python -m keras_initkit COMMAND ...` / `keras-initkit COMMAND ...`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or MODULE_COMMAND
+    args = build_command_parser(prog).parse_args(argv)
+    return _run(args, f"{prog} {args.command}", args.study, argv[argv.index(args.command) + 1 :])
+
+
+def main(argv: list[str] | None = None, study: str | None = None) -> int:
+    """`python -m keras_initkit.study.cli STUDY ...`, or a study module's own `main()` when `study` is given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if study is None:
+        args = build_parser().parse_args(argv)
+        return _run(args, f"{MODULE_COMMAND}.study.cli", args.study, argv)
+    prog = _fixed_prog(study)
+    args = build_parser(study, prog).parse_args(argv)
+    return _run(args, prog, study, argv, fixed=True)
+
+
+def _fixed_prog(study: str) -> str:
+    """How to call a study module's own command again: by name when it is a packaged study, else by its file."""
+    from keras_initkit.study import available_studies
+
+    if study in available_studies():
+        return f"{MODULE_COMMAND} study {study}"
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return f"python {shlex.quote(os.path.relpath(main_file))}" if main_file else study
 
 
 def _fail(prog: str, message: str) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
+
+
+def check_writable(argument: str, path: str) -> None:
+    """`path` is, or can be created as, a folder this process can write in (a probe folder is made and removed)."""
+    from keras_initkit.study.runner import UsageError
+
+    target = Path(path).absolute()
+    if target.exists() and not target.is_dir():
+        raise UsageError(argument, f"must be a directory. Received: {path!r}")
+    parent = next(p for p in (target, *target.parents) if p.exists())
+    if not parent.is_dir():
+        raise UsageError(argument, f"must be a directory; {str(parent)!r} is a file. Received: {path!r}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".keras_initkit-probe-", dir=parent))
+    except OSError as e:
+        raise UsageError(argument, f"cannot write in {str(parent)!r} ({e.strerror}). Received: {path!r}") from None
 
 
 def _claims_text(claims) -> str:
@@ -88,47 +180,56 @@ def _claims_text(claims) -> str:
     )
 
 
-def main(argv: list[str] | None = None, study: str | None = None) -> int:
-    """Parse, validate (exit 2 on bad input, nothing written), run or re-plot, print the claims and report path."""
-    parser = build_parser(study)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    prog = parser.prog
+def _validate(args: argparse.Namespace, name: str, fixed: bool):
+    """Everything that can be checked before a file is written; raises runner.UsageError."""
     from keras_initkit.study import runner
 
-    name = study if study is not None else args.study
     ray_only = {
         "--address": args.address,
         "--cpus-per-trial": args.cpus_per_trial,
         "--gpus-per-trial": args.gpus_per_trial,
     }
+    if args.engine != "ray":
+        for option, value in ray_only.items():
+            if value is not None:
+                raise runner.UsageError(option, f"only applies to --engine ray. Received: --engine {args.engine}")
+    else:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise runner.UsageError("--engine", RAY_MISSING) from None
+    if args.plot_only and args.no_resume:
+        raise runner.UsageError("--plot-only", "cannot be combined with --no-resume (it never runs trials)")
+    module = _load(runner, name, fixed)
+    runner.check_contract(module)
+    cfg = runner.resolve_config(module, args.profile, None, args.data, args.data_path)
+    label = runner.profile_label(args.profile, args.data, module)
+    root = runner.study_dir(args.out, module.NAME, label)
+    if args.plot_only and not (root / "tables" / "claims.parquet").is_file():
+        raise runner.UsageError("--plot-only", f"no saved tables under {root}; run the study first")
+    check_writable("--out", args.out)
+    if args.publish is not None:
+        check_writable("--publish", args.publish)
+    return module, cfg, label
+
+
+def resume_command(prog: str, argv: list[str]) -> str:
+    """The command line that picks an interrupted run up: the same one, without --no-resume."""
+    return " ".join([prog, *(shlex.quote(a) for a in argv if a != "--no-resume")])
+
+
+def _run(args: argparse.Namespace, prog: str, name: str, argv: list[str], fixed: bool = False) -> int:
+    """Validate (exit 2 on bad input, nothing written), run or re-plot, print the claims and the report's path."""
+    from keras_initkit.study import runner
+
     try:
-        if args.engine != "ray":
-            for option, value in ray_only.items():
-                if value is not None:
-                    raise runner.UsageError(option, f"only applies to --engine ray. Received: --engine {args.engine}")
-        elif args.engine == "ray":
-            try:
-                import ray  # noqa: F401
-            except ImportError:
-                raise runner.UsageError("--engine", RAY_MISSING) from None
-        if args.plot_only and args.no_resume:
-            raise runner.UsageError("--plot-only", "cannot be combined with --no-resume (it never runs trials)")
-        module = _load(runner, name, study is not None)
-        runner.check_contract(module)
-        cfg = runner.resolve_config(module, args.profile, None, args.data, args.data_path)
-        label = runner.profile_label(args.profile, args.data, module)
-        root = runner.study_dir(args.out, module.NAME, label)
-        if args.plot_only and not (root / "tables" / "claims.parquet").is_file():
-            raise runner.UsageError("--plot-only", f"no saved tables under {root}; run the study first")
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise runner.UsageError("--out", f"must be a directory. Received: {args.out!r}")
+        module, cfg, label = _validate(args, name, fixed)
     except runner.UsageError as e:
         return _fail(prog, str(e))
 
-    docs_dir = None if (args.no_docs or label != "quick") else args.docs_dir
     if args.plot_only:
-        report = runner.plot_study(module, cfg, args.profile, args.out, data=args.data, docs_dir=docs_dir)
-        claims = runner.read_frames(root / "tables")["claims"]
+        report = runner.plot_study(module, cfg, args.profile, args.out, data=args.data, publish=args.publish)
+        claims = runner.read_frames(runner.study_dir(args.out, module.NAME, label) / "tables")["claims"]
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("always", runner.StudyWarning)
@@ -144,25 +245,32 @@ def main(argv: list[str] | None = None, study: str | None = None) -> int:
                     resume=not args.no_resume,
                     deterministic=args.deterministic,
                     data=args.data,
-                    docs_dir=docs_dir,
+                    publish=args.publish,
                     progress=not args.no_progress,
                     address=args.address,
                     cpus_per_trial=args.cpus_per_trial or 1,
                     gpus_per_trial=args.gpus_per_trial or 0.0,
-                    argv=[prog, *(sys.argv[1:] if argv is None else argv)],
+                    argv=[prog, *argv],
                 )
+            except runner.StudyInterrupted as e:
+                print(
+                    f"{prog}: interrupted: {e.done} of {e.total} trials finished and kept under {e.folder}; "
+                    f"resume with: {resume_command(prog, argv)}",
+                    file=sys.stderr,
+                )
+                return EXIT_INTERRUPTED
             finally:
                 warnings.formatwarning = formatwarning
         report, claims = result.report, result.claims
         c = result.counts
         print(
-            f"{module.NAME} ({label}): {sum(c.values())} trials, {c['ok']} ok, {c['diverged']} diverged, "
-            f"{c['failed']} failed, {result.wall_s:.0f} s"
+            f"{module.NAME} ({label}): {sum(c.values())} trials ({result.resumed} resumed), {c['ok']} ok, "
+            f"{c['diverged']} diverged, {c['failed']} failed, {result.wall_s:.0f} s"
         )
     print(_claims_text(claims))
     print(f"Report: {report}")
-    if docs_dir is not None:
-        print(f"Copied to: {os.path.join(docs_dir, module.NAME, 'REPORT.md')}")
+    if args.publish is not None:
+        print(f"Published to: {os.path.join(args.publish, module.NAME)}")
     return 0
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import warnings
@@ -22,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 ENGINES = ("serial", "process", "ray")
-RAY_MISSING = "--engine ray needs Ray, an optional extra: pip install keras_initkit[ray]"
+RAY_MISSING = '--engine ray needs Ray, an optional extra: pip install "keras_initkit[ray]"'
 
 
 def cpu_count() -> int:
@@ -33,12 +35,21 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _check_jobs(jobs: Any) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"`jobs` must be an integer >= 1. Received: jobs={jobs!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     # TF intra-op threads of each worker (None: TensorFlow's default, all cores); inter-op gets max(2, threads)
     threads: int | None = None
     # tf.config.experimental.enable_op_determinism() in each worker
     deterministic: bool = False
+
+    def tf_threads(self) -> dict[str, int]:
+        """The TF thread pools each worker asks for (0: TensorFlow's default, one thread per core)."""
+        return {"intra_op": self.threads or 0, "inter_op": max(2, self.threads) if self.threads else 0}
 
 
 _done: set[str] = set()
@@ -93,7 +104,12 @@ class Engine:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "jobs": self.jobs, "threads_per_worker": self.settings.threads}
+        return {
+            "engine": self.name,
+            "jobs": self.jobs,
+            "threads_per_worker": self.settings.threads,
+            "tf_threads": self.settings.tf_threads(),
+        }
 
     def close(self) -> None:
         pass
@@ -128,22 +144,50 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _init_process_worker(settings: WorkerSettings, parent_pid: int) -> None:
+    # Ctrl-C is the driver's to handle: it terminates the pool (a worker never prints a KeyboardInterrupt traceback)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     configure_worker(settings)
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Hold SIGINT back while workers are spawned (they inherit the mask, so a Ctrl-C while a worker starts up does
+    not reach it); a Ctrl-C that arrives meanwhile is delivered to the driver right after."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _terminate_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop the pool's worker processes now (SIGTERM), the trials they were running included."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
 class ProcessEngine(Engine):
-    """A local pool of `jobs` spawned processes, each with cpu_count // jobs TF threads.
+    """A local pool of `jobs` spawned processes (default: one per CPU), each with cpu_count // jobs TF threads.
 
     At most `jobs` tasks are in flight, so when a worker dies (segfault, out of memory) exactly those tasks are
-    reported through `on_error`, the pool is rebuilt and the remaining tasks go on.
+    reported through `on_error`, the pool is rebuilt and the remaining tasks go on. When the driver is interrupted
+    (Ctrl-C) or `map` is closed early, the workers are terminated at once, the trials they were running with them.
     """
 
     name = "process"
 
-    def __init__(self, jobs: int = 2, threads: int | None = None, deterministic: bool = False):
-        if not isinstance(jobs, int) or jobs < 1:
-            raise ValueError(f"`jobs` must be an integer >= 1. Received: jobs={jobs!r}")
+    def __init__(self, jobs: int | None = None, threads: int | None = None, deterministic: bool = False):
+        jobs = cpu_count() if jobs is None else jobs
+        _check_jobs(jobs)
         super().__init__(WorkerSettings(threads or max(1, cpu_count() // jobs), deterministic))
         self._jobs = jobs
 
@@ -163,11 +207,13 @@ class ProcessEngine(Engine):
         pending = collections.deque(tasks)
         inflight: dict[cf.Future, Any] = {}
         pool = self._pool()
+        finished = False
         try:
             while pending or inflight:
                 while pending and len(inflight) < self._jobs:
                     task = pending.popleft()
-                    inflight[pool.submit(fn, task)] = task
+                    with _sigint_blocked():
+                        inflight[pool.submit(fn, task)] = task
                 done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
                 broken = None
                 for future in done:
@@ -186,8 +232,11 @@ class ProcessEngine(Engine):
                     inflight.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._pool()
+            finished = True
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            if not finished:  # Ctrl-C, or the consumer stopped early: do not wait for the running trials
+                _terminate_workers(pool)
+            pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _ray_call(fn, task, settings: WorkerSettings):
@@ -196,7 +245,8 @@ def _ray_call(fn, task, settings: WorkerSettings):
 
 
 class RayEngine(Engine):
-    """Ray tasks: a local instance with `num_cpus` when no `address`, an existing cluster otherwise.
+    """Ray tasks: a local instance with `num_cpus` (default: every CPU and GPU of this machine) when no `address`, an
+    existing cluster otherwise.
 
     Each trial is one task asking for `cpus_per_trial` CPUs and `gpus_per_trial` GPUs (a fraction shares a GPU);
     the model is built inside the task, and the worker's TF thread pools are sized to `cpus_per_trial`.
@@ -226,12 +276,13 @@ class RayEngine(Engine):
         self.cpus_per_trial = cpus_per_trial
         self.gpus_per_trial = gpus_per_trial
         self._started = False
+        self._cluster_cpus: float | None = None
 
     @property
     def jobs(self) -> int:
-        if self.num_cpus:
-            return max(1, self.num_cpus // self.cpus_per_trial)
-        return 0  # decided by the cluster
+        """Trials that can run at once: the CPUs asked for, else the cluster's once it is up (0 before that)."""
+        cpus = self.num_cpus or self._cluster_cpus
+        return max(1, int(cpus // self.cpus_per_trial)) if cpus else 0
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
@@ -248,6 +299,7 @@ class RayEngine(Engine):
             else:
                 ray.init(num_cpus=self.num_cpus, **kwargs)
             self._started = True
+        self._cluster_cpus = ray.cluster_resources().get("CPU")
         return ray
 
     def map(self, fn, tasks, on_error) -> Iterator[Any]:
@@ -278,20 +330,24 @@ class RayEngine(Engine):
 
 def make_engine(
     name: str,
-    jobs: int = 1,
+    jobs: int | None = None,
     deterministic: bool = False,
     address: str | None = None,
     cpus_per_trial: int = 1,
     gpus_per_trial: float = 0.0,
 ) -> Engine:
-    """An engine by name. `jobs`: process workers, or the CPUs of a local Ray instance (jobs * cpus_per_trial)."""
+    """An engine by name.
+
+    `jobs`: process workers (default: one per CPU), or the trials a local Ray instance runs at once (it gets
+    jobs * cpus_per_trial CPUs; default: every CPU of this machine; with an `address`, the cluster decides).
+    """
     if name not in ENGINES:
         raise ValueError(f"`engine` must be one of {ENGINES}. Received: engine={name!r}")
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"`jobs` must be an integer >= 1. Received: jobs={jobs!r}")
+    if jobs is not None:
+        _check_jobs(jobs)
     if name == "serial":
         return SerialEngine(WorkerSettings(None, deterministic))
     if name == "process":
         return ProcessEngine(jobs, deterministic=deterministic)
-    num_cpus = None if address else jobs * cpus_per_trial
+    num_cpus = None if address or jobs is None else jobs * cpus_per_trial
     return RayEngine(address, num_cpus, cpus_per_trial, gpus_per_trial, deterministic)

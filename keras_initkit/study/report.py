@@ -1,4 +1,4 @@
-"""meta.json (the environment of a run) and REPORT.md (claims, setup, tables, figures, environment).
+"""meta.json (the environment of a run), REPORT.md (claims, setup, tables, figures, environment) and publishing.
 
 The setup table documents each Config field with the comment written above it (or at the end of its line) in the
 study's source: the contract asks for a comment on each field, so the report reads them rather than repeating them.
@@ -13,7 +13,6 @@ import io
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -43,6 +42,9 @@ PACKAGES = (
     "ray",
 )
 MAX_REPORT_ROWS = 40
+COMMAND = "python -m keras_initkit study"
+# what `publish` copies from a run's folder; every other file in the destination (PREREGISTRATION.md) is left alone
+PUBLISHED = ("REPORT.md", "meta.json", "claims.csv", "figures/*.png", "tables/*.csv")
 
 
 def dump_json(obj: Any) -> str:
@@ -90,11 +92,23 @@ def devices() -> list[str]:
         return [f"unknown ({type(e).__name__}: {e})"]
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo on Linux, else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     """HEAD's commit (with "+dirty" when tracked files have changes), or None outside a git checkout.
 
-    The committed study reports under docs/results/ are outputs, not inputs: a study that rewrites them (as each
-    `make study-<name>` does) leaves the next study's commit clean.
+    The committed study reports under docs/results/ are outputs, not inputs: publishing one (`make docs-results`)
+    leaves the next study's commit clean.
     """
     try:
         head = subprocess.run(
@@ -129,6 +143,7 @@ def build_meta(
 ) -> dict[str, Any]:
     import keras
 
+    from keras_initkit.study.engines import cpu_count
     from keras_initkit.study.runner import config_json
 
     return {
@@ -151,6 +166,8 @@ def build_meta(
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "usable_cpus": cpu_count(),
         "keras_backend": keras.config.backend(),
         "devices": devices(),
         "packages": package_versions(),
@@ -238,10 +255,12 @@ def render_report(
     intro = _doc_intro(module)
     if intro:
         out += [intro, ""]
-    cmd = f"python -m keras_initkit.study.cli {module.NAME} --profile {meta['profile']}"
+    cmd = f"{COMMAND} {module.NAME} --profile {meta['profile']}"
     if meta.get("data"):
         cmd += f" --data {meta['data']}"
     out += [f"Regenerate: `{cmd}`. Finished {meta['finished']} in {meta['wall_s']:.0f} s.", ""]
+    if trials["total"] and trials["resumed"] == trials["total"]:
+        out += [f"Every trial ({trials['total']}) was resumed from an earlier run; the time is that run's.", ""]
 
     out += ["## Claims of the paper", "", "| claim | statement |", "|---|---|"]
     out += [f"| {_cell(k)} | {_cell(v)} |" for k, v in module.CLAIMS.items()]
@@ -257,7 +276,7 @@ def render_report(
     out += ["## Trials", ""]
     out += [
         f"{trials['total']} trials: {trials['ok']} ok, {trials['diverged']} diverged, {trials['failed']} failed "
-        f"({trials['resumed']} taken from an earlier run). Trial compute time {meta['trial_wall_s']:.0f} s.",
+        f"({trials['resumed']} resumed from an earlier run). Trial compute time {meta['trial_wall_s']:.0f} s.",
         "",
     ]
     for kind in ("failed", "diverged"):
@@ -284,6 +303,7 @@ def render_report(
     out += ["## Environment", "", "| | |", "|---|---|"]
     env = {
         "engine": f"{meta['engine']} (jobs {meta['jobs']}, threads/worker {meta.get('threads_per_worker')})",
+        "cpu": f"{meta.get('cpu_model')} ({meta.get('usable_cpus')} of {meta.get('cpus')} cores usable)",
         "deterministic": meta["deterministic"],
         "keras backend": meta["keras_backend"],
         "devices": ", ".join(meta["devices"]),
@@ -297,16 +317,26 @@ def render_report(
     return "\n".join(out) + "\n"
 
 
-def copy_to_docs(root: Path, docs: Path) -> None:
-    """Copy REPORT.md and figures/ to the committed docs folder (stale figures there are removed)."""
-    (docs / "figures").mkdir(parents=True, exist_ok=True)
-    fileio.atomic_write_bytes(docs / "REPORT.md", (root / "REPORT.md").read_bytes())
-    names = set()
-    for fig in sorted((root / "figures").glob("*.png")):
-        fileio.atomic_write_bytes(docs / "figures" / fig.name, fig.read_bytes())
-        names.add(fig.name)
-    for stale in (docs / "figures").glob("*.png"):
-        if stale.name not in names:
-            stale.unlink()
-    if not names:
-        shutil.rmtree(docs / "figures", ignore_errors=True)
+def publish(root: Path, dest: Path) -> list[Path]:
+    """Copy a run's REPORT.md, meta.json, claims.csv, figures and summary tables (as tables/<name>.csv) to `dest`.
+
+    Stale figures and tables in `dest` are removed; any other file there (a PREREGISTRATION.md) is left untouched.
+    Returns the files written.
+    """
+    from keras_initkit.study.runner import read_frames
+
+    files = {name: (root / name).read_bytes() for name in ("REPORT.md", "meta.json", "claims.csv")}
+    files.update({f"figures/{fig.name}": fig.read_bytes() for fig in sorted((root / "figures").glob("*.png"))})
+    for name, frame in read_frames(root / "tables").items():
+        if name != "claims":
+            files[f"tables/{name}.csv"] = fileio.frame_bytes(frame, ".csv")
+    for name, data in files.items():
+        fileio.atomic_write_bytes(dest / name, data)
+    for pattern in PUBLISHED:
+        for stale in dest.glob(pattern):
+            if stale.relative_to(dest).as_posix() not in files:
+                stale.unlink()
+    for folder in ("figures", "tables"):
+        if (dest / folder).is_dir() and not any((dest / folder).iterdir()):
+            (dest / folder).rmdir()
+    return [dest / name for name in files]

@@ -8,6 +8,9 @@ summarize, plot). `run_study` runs it and writes, under `<out_dir>/<study>/<prof
     tables/<name>.parquet and .md, claims.csv   what `summarize` returned
     figures/<name>.png, meta.json, REPORT.md    written by `plot_study`, which reads saved tables only
 
+Nothing is written outside that folder unless asked: `publish=DIR` copies the report, figures, claims and summary
+tables (as CSV) and meta.json to `DIR/<study>/` (what `make docs-results` does for docs/results/).
+
 Trial status convention: a trial whose `run_trial` raises is "failed" (its error and traceback are recorded, it has
 no tables, and it is run again on the next resume). A trial whose tables carry a boolean column `diverged` with any
 True value (NaN/Inf loss or activations) is "diverged": its tables are kept and summarized like any other, and it is
@@ -21,7 +24,6 @@ import importlib
 import importlib.util
 import os
 import pickle
-import pkgutil
 import socket
 import sys
 import time
@@ -35,17 +37,24 @@ from typing import Any
 import pandas as pd
 
 from keras_initkit import fileio
-from keras_initkit.study import store
+from keras_initkit.study import STUDIES_PACKAGE, available_studies, store
 from keras_initkit.study.engines import Engine, make_engine
 from keras_initkit.study.grid import canonical_json, derive_seed, trial_id
 
 CONTRACT = ("NAME", "CLAIMS", "Config", "PROFILES", "trials", "run_trial", "summarize", "plot")
 CLAIM_COLUMNS = ("claim", "statement", "rule", "measured", "paper", "status")
-STUDIES_PACKAGE = "keras_initkit.studies"
 
 
 class StudyWarning(UserWarning):
     """Something the runner recovered from (a corrupt trial file re-run, a failed trial)."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the trials: the finished trials are on disk (`done` of `total`), the workers are stopped."""
+
+    def __init__(self, folder: Path, done: int, total: int):
+        super().__init__(f"interrupted with {done} of {total} trials finished under {folder}")
+        self.folder, self.done, self.total = folder, done, total
 
 
 class UsageError(ValueError):
@@ -65,15 +74,6 @@ class StudyRef:
 
     module: str
     file: str | None = None
-
-
-def available_studies() -> list[str]:
-    """Names of the study modules in the `studies` package (studies/<name>.py)."""
-    try:
-        package = importlib.import_module(STUDIES_PACKAGE)
-    except ImportError:
-        return []
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
 
 
 def _load_file(module_name: str, file: str) -> ModuleType:
@@ -321,6 +321,8 @@ class StudyResult:
     records: list[store.TrialRecord]
     report: Path | None = None
     wall_s: float = 0.0
+    # trials taken from an earlier run's files rather than run now
+    resumed: int = 0
 
     @property
     def claims(self) -> pd.DataFrame:
@@ -378,12 +380,12 @@ def run_study(
     profile: str = "quick",
     out_dir: str | os.PathLike = "results",
     engine: str | Engine = "serial",
-    jobs: int = 1,
+    jobs: int | None = None,
     resume: bool = True,
     deterministic: bool = False,
     data: str | None = None,
     data_path: str | None = None,
-    docs_dir: str | os.PathLike | None = None,
+    publish: str | os.PathLike | None = None,
     plot: bool = True,
     progress: bool = True,
     address: str | None = None,
@@ -398,15 +400,21 @@ def run_study(
         cfg: a Config to run instead of `PROFILES[profile]` (the profile still names the output folder).
         profile: a key of the study's PROFILES ("quick", "paper").
         out_dir: results root; the run writes `<out_dir>/<study>/<profile>/` (`<profile>-<data>` with `data`).
-        engine: "serial", "process", "ray" or an Engine; `jobs` process workers or local Ray CPUs.
-        resume: skip trials whose files are complete ("ok", "diverged"); failed and corrupt ones run again.
+        engine: "serial", "process", "ray" or an Engine.
+        jobs: process workers, or trials a local Ray instance runs at once (default: one per CPU; Ray: its CPUs).
+        resume: skip trials whose files are complete ("ok", "diverged"); failed and corrupt ones run again. A run
+            that resumes every trial keeps the original run's wall time and finish time in meta.json and REPORT.md.
         deterministic: TensorFlow op determinism in every worker (identical tables run to run on a CPU).
         data, data_path: override the Config's data set (`data` / `datasets` field) and `data_path`.
-        docs_dir: when given, REPORT.md and figures/ are also copied to `<docs_dir>/<study>/`.
+        publish: when given, the report, figures, claims, summary tables (CSV) and meta.json are also copied to
+            `<publish>/<study>/` (see report.publish).
         plot: run the plotting step (figures, meta.json, REPORT.md) after the tables.
         progress: show the tqdm bar over trials.
         address, cpus_per_trial, gpus_per_trial: the Ray engine's cluster address and per-trial resources.
         argv: the command line, recorded in meta.json.
+
+    Raises:
+        StudyInterrupted: on Ctrl-C during the trials (a KeyboardInterrupt; the finished trials are kept).
     """
     from keras_initkit.study import report
 
@@ -446,8 +454,9 @@ def run_study(
     if tasks:
         trials_dir.mkdir(parents=True, exist_ok=True)
     bar = _progress(module.NAME, len(ids), len(done), progress)
+    results = engine.map(execute_trial, tasks, _engine_failure)
     try:
-        for result in engine.map(execute_trial, tasks, _engine_failure):
+        for result in results:
             rec = result.record
             store.write_trial(trials_dir, rec, result.blobs)
             records[rec.id] = store.read_trial(trials_dir / rec.id, verify=False)
@@ -455,6 +464,9 @@ def run_study(
                 warnings.warn(f"trial {rec.id} {rec.trial} failed: {rec.error}", StudyWarning, stacklevel=2)
             bar.update(1)
             bar.set_postfix(failed=_count(records, "failed"), diverged=_count(records, "diverged"), refresh=False)
+    except KeyboardInterrupt:
+        results.close()  # the engine stops its workers now, not when this frame is garbage
+        raise StudyInterrupted(root, sum(1 for t in ids if t in records), len(ids)) from None
     finally:
         bar.close()
         if owns_engine:
@@ -465,8 +477,10 @@ def run_study(
     counts = {status: _count(records, status, ids) for status in store.STATUSES}
     _save_frames(root / "raw", tables, markdown=False)
 
+    earlier = _earlier_meta(root) if not tasks else None
+
     def meta_now():
-        return report.build_meta(
+        meta = report.build_meta(
             module,
             cfg,
             profile=profile,
@@ -480,6 +494,9 @@ def run_study(
             argv=argv,
             resumed=len(done),
         )
+        if earlier is not None:  # nothing ran: the report keeps the run that ran the trials
+            meta.update(wall_s=earlier["wall_s"], finished=earlier["finished"])
+        return meta
 
     try:
         summary = dict(module.summarize(cfg, tables))
@@ -492,14 +509,16 @@ def run_study(
     fileio.atomic_write_text(root / "claims.csv", summary["claims"].to_csv(index=False))
     meta = meta_now()
     fileio.atomic_write_text(root / "meta.json", report.dump_json(meta))
-    result = StudyResult(module.NAME, label, root, tables, summary, counts, ordered)
+    result = StudyResult(module.NAME, label, root, tables, summary, counts, ordered, resumed=len(done))
     if plot:
         # meta's wall_s (what REPORT.md states) is the run up to its tables; the plotting step is timed apart, so a
         # later --plot-only renders the same report
         t_plot = time.perf_counter()
-        result.report = plot_study(module, cfg, profile, out_dir, data=data, docs_dir=docs_dir)
+        result.report = plot_study(module, cfg, profile, out_dir, data=data)
         meta["plot_s"] = round(time.perf_counter() - t_plot, 3)
         fileio.atomic_write_text(root / "meta.json", report.dump_json(meta))
+        if publish is not None:
+            report.publish(root, Path(publish) / module.NAME)
     result.wall_s = meta["wall_s"]
     return result
 
@@ -511,9 +530,9 @@ def plot_study(
     out_dir: str | os.PathLike = "results",
     data: str | None = None,
     data_path: str | None = None,
-    docs_dir: str | os.PathLike | None = None,
+    publish: str | os.PathLike | None = None,
 ) -> Path:
-    """The plotting step alone: read the saved tables, draw figures/*.png, write REPORT.md (and the docs copy).
+    """The plotting step alone: read the saved tables, draw figures/*.png, write REPORT.md (and publish it).
 
     Never trains: raises FileNotFoundError when the run's tables are not there yet.
     """
@@ -557,9 +576,20 @@ def plot_study(
     text = report.render_report(module, cfg, summary, meta, [f"figures/{n}" for n in written])
     path = root / "REPORT.md"
     fileio.atomic_write_text(path, text)
-    if docs_dir is not None:
-        report.copy_to_docs(root, Path(docs_dir) / module.NAME)
+    if publish is not None:
+        report.publish(root, Path(publish) / module.NAME)
     return path
+
+
+def _earlier_meta(root: Path) -> dict[str, Any] | None:
+    """meta.json of the run that produced the trial files being resumed, if it got that far."""
+    from keras_initkit.study import report
+
+    try:
+        meta = report.load_json(root / "meta.json")
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and {"wall_s", "finished"} <= set(meta) else None
 
 
 def _count(records: Mapping[str, store.TrialRecord], status: str, ids: list[str] | None = None) -> int:
