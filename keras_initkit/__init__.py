@@ -26,6 +26,7 @@ NO_BACKEND = (
 )
 
 _LAZY = {
+    "DeltaOrthogonal": "initializers",
     "FixedNormal": "initializers",
     "GlorotAvg": "initializers",
     "GlorotFanIn": "initializers",
