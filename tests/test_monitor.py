@@ -168,7 +168,7 @@ def test_probe_pass_leaves_model_state_untouched():
         [
             keras.Input((6,)),
             keras.layers.Dense(8),
-            keras.layers.BatchNormalization(),
+            keras.layers.BatchNormalization(name="batch_normalization"),  # named: other tests' layers take the default
             keras.layers.Dropout(0.5),
             keras.layers.Dense(3),
         ]
