@@ -32,7 +32,21 @@ import numpy as np
 
 from keras_initkit import gaussian
 
-__all__ = ["GAIN_TABLE", "REGISTRY", "Activation", "gain", "layer_activation", "moments", "spec"]
+__all__ = [
+    "GAIN_TABLE",
+    "IDENTITY",
+    "REGISTRY",
+    "SOFTMAX",
+    "Activation",
+    "Pointwise",
+    "compose",
+    "gain",
+    "layer_activation",
+    "layer_pointwise",
+    "moments",
+    "pointwise",
+    "spec",
+]
 
 # Keras' own default slope of keras.activations.leaky_relu, read from Keras (the LeakyReLU layer's is its own).
 DEFAULT_NEGATIVE_SLOPE = float(inspect.signature(keras.activations.leaky_relu).parameters["negative_slope"].default)
@@ -214,3 +228,88 @@ def gain(activation, negative_slope: float | None = None) -> float:
     if not second > 0:
         raise ValueError(f"`activation` has E[f(z)^2] = 0 for z ~ N(0, 1); no gain exists. Received: {activation!r}")
     return 1.0 / math.sqrt(second)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An activation as a pointwise function of one element, for signal propagation (the theory).
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """A pointwise function: "id", "rect" (slope 1 above 0, `alpha` below: ReLU, leaky ReLU, PReLU), or "any"."""
+
+    kind: str
+    alpha: float | np.ndarray = 0.0
+    fn: Callable | None = None  # keras-ops callable ("any")
+    dsq: Callable | None = None  # t -> f'(g(t))^2 of the outermost f, when this is a composition f(g)
+    monotone: bool = True
+
+    def __call__(self, t):
+        if self.kind == "id":
+            return t
+        if self.kind == "rect":
+            return keras.ops.where(t > 0, t, float(np.mean(self.alpha)) * t)
+        return self.fn(t)
+
+    def moments(self, m, v):
+        """E[f(s)], E[f(s)^2], E[f'(s)^2] per element for s ~ N(m, v) (arrays of one shape)."""
+        if self.kind == "id":
+            return m, m * m + v, np.ones_like(m)
+        if self.kind == "rect":
+            return gaussian.rectifier_moments(self.alpha, m, v)
+        return gaussian.elementwise_moments(self, m, v, self.dsq)
+
+
+IDENTITY = Pointwise("id")
+SOFTMAX = "softmax"
+
+
+def _is_monotone(fn: Callable) -> bool:
+    t = np.linspace(-12.0, 12.0, 4801, dtype="float32")
+    y = np.asarray(keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(t))), dtype=np.float64)
+    return bool(np.all(np.diff(y) >= -1e-6 * (1.0 + np.abs(y[1:]))))
+
+
+def pointwise(act) -> Pointwise | str:
+    """A Keras activation (function or callable) as a Pointwise, or SOFTMAX, from the registry."""
+    entry = spec(act)
+    if entry.name == "linear":
+        return IDENTITY
+    if entry.negative_slope is not None:  # relu; leaky_relu with Keras' default slope
+        return Pointwise("rect", entry.negative_slope)
+    if entry.softmax:
+        return SOFTMAX
+    return Pointwise("any", fn=act, monotone=_is_monotone(act))
+
+
+def layer_pointwise(layer, shape) -> Pointwise | str:
+    """The nonlinearity of an activation layer without an `activation` attribute (input of per-example `shape`)."""
+    if isinstance(layer, keras.layers.ReLU):
+        slope, max_value, threshold = float(layer.negative_slope), layer.max_value, float(layer.threshold)
+        if max_value is None and threshold == 0.0:
+            return Pointwise("rect", slope)
+
+        def relu(t):
+            return keras.activations.relu(t, negative_slope=slope, max_value=max_value, threshold=threshold)
+
+        return Pointwise("any", fn=relu, monotone=slope >= 0)
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return Pointwise("rect", float(layer.negative_slope))
+    if isinstance(layer, keras.layers.PReLU):
+        alpha = np.asarray(keras.ops.convert_to_numpy(layer.alpha), dtype=np.float64)
+        alpha = np.broadcast_to(alpha, shape).reshape(-1, shape[-1])  # per element, as the fields
+        return Pointwise("rect", float(alpha.flat[0]) if np.all(alpha == alpha.flat[0]) else alpha.copy())
+    if isinstance(layer, keras.layers.ELU):
+        a = float(layer.alpha)
+        return Pointwise("any", fn=lambda t: keras.activations.elu(t, alpha=a), monotone=a >= 0)
+    if isinstance(layer, keras.layers.Softmax):
+        return SOFTMAX
+    raise ValueError(f"Unsupported activation layer {layer.name!r} of type {type(layer).__name__}")
+
+
+def compose(f: Pointwise, g: Pointwise) -> Pointwise:
+    if g.kind == "id":
+        return f
+    if f.kind == "id":
+        return g
+    return Pointwise("any", fn=lambda t: f(g(t)), dsq=gaussian.central_dsq(f, g), monotone=f.monotone and g.monotone)

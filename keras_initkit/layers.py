@@ -22,8 +22,12 @@ __all__ = [
     "Target",
     "as_tuple",
     "conv_params",
+    "gather_matmul",
+    "gather_sum",
     "layer_fans",
     "leaf_layers",
+    "scatter_matmul",
+    "scatter_sum",
     "select_layers",
     "window",
     "window_axis",
@@ -126,7 +130,7 @@ def select_layers(model, layers) -> list[Target]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Geometry: which kernel taps reach which positions, and the true fans.
+# Geometry: which kernel taps reach which positions, the true fans, and sums over the taps of each window.
 
 
 def conv_params(layer):
@@ -259,3 +263,43 @@ def window(axes: list[Axis]) -> tuple[np.ndarray, np.ndarray]:
     valid = np.broadcast_to(valid, full).reshape(p, t)
     src = np.broadcast_to(src, full).reshape(p, t)
     return valid, np.where(valid, src, 0)
+
+
+_CHUNK = 1 << 22  # elements of one gathered block (positions x taps x channels)
+
+
+def gather_matmul(field, valid, src, w3):
+    """sum over taps t and input units i of field[src[p, t], i] * w3[t, i, o], zero where not valid."""
+    p, t = valid.shape
+    w = w3.reshape(t * w3.shape[1], w3.shape[2])
+    out = np.empty((p, w3.shape[-1]))
+    step = max(1, _CHUNK // max(1, t * field.shape[1]))
+    for lo in range(0, p, step):
+        cols = field[src[lo : lo + step]] * valid[lo : lo + step, :, None]
+        out[lo : lo + step] = cols.reshape(len(cols), -1) @ w
+    return out
+
+
+def scatter_matmul(grad, valid, src, w3t, n_in):
+    """The adjoint of gather_matmul: sum over (p, t) reading input position q of grad[p] @ w3t[t]."""
+    t, n_out, n_units = w3t.shape
+    per_tap = (grad @ np.moveaxis(w3t, 0, 1).reshape(n_out, t * n_units)).reshape(len(grad), t, n_units)
+    out = np.zeros((n_in, n_units))
+    for k in range(t):  # one tap reads each input position at most once: plain indexed add
+        rows = valid[:, k]
+        out[src[rows, k]] += per_tap[rows, k]
+    return out
+
+
+def gather_sum(field, valid, src):
+    """sum over the window's taps t of field[src[p, t], :], zero where not valid."""
+    return np.einsum("ptj,pt->pj", field[src], valid.astype(np.float64))
+
+
+def scatter_sum(grad, valid, src, n_in):
+    """The adjoint of gather_sum."""
+    out = np.zeros((n_in, grad.shape[1]))
+    for t in range(valid.shape[1]):
+        rows = valid[:, t]
+        out[src[rows, t]] += grad[rows]
+    return out

@@ -62,16 +62,20 @@ import keras
 import numpy as np
 import pandas as pd
 
-from keras_initkit import activations
-from keras_initkit.gaussian import central_dsq, elementwise_moments, max_of_normals, rectifier_moments
+from keras_initkit.activations import IDENTITY, SOFTMAX, Pointwise, compose, layer_pointwise, pointwise
+from keras_initkit.gaussian import max_of_normals
 from keras_initkit.layers import (
     CONV,
     CONV_T,
     DEPTHWISE,
     as_tuple,
     conv_params,
+    gather_matmul,
+    gather_sum,
     layer_fans,
     leaf_layers,
+    scatter_matmul,
+    scatter_sum,
     select_layers,
     window,
     window_axis,
@@ -104,91 +108,6 @@ _SUPPORTED = (
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Activations and their per-unit Gaussian moments.
-
-
-@dataclass(frozen=True)
-class _Fn:
-    """A pointwise function: "id", "rect" (slope 1 above 0, `alpha` below: ReLU, leaky ReLU, PReLU), or "any"."""
-
-    kind: str
-    alpha: float | np.ndarray = 0.0
-    fn: Callable | None = None  # keras-ops callable ("any")
-    dsq: Callable | None = None  # t -> f'(g(t))^2 of the outermost f, when this is a composition f(g)
-    monotone: bool = True
-
-    def __call__(self, t):
-        if self.kind == "id":
-            return t
-        if self.kind == "rect":
-            return keras.ops.where(t > 0, t, float(np.mean(self.alpha)) * t)
-        return self.fn(t)
-
-
-_ID = _Fn("id")
-_SOFTMAX = "softmax"
-
-
-def _is_monotone(fn: Callable) -> bool:
-    t = np.linspace(-12.0, 12.0, 4801, dtype="float32")
-    y = np.asarray(keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(t))), dtype=np.float64)
-    return bool(np.all(np.diff(y) >= -1e-6 * (1.0 + np.abs(y[1:]))))
-
-
-def _as_fn(act) -> _Fn | str:
-    """A Keras activation (function or callable) as an _Fn, or _SOFTMAX, from the activation registry."""
-    entry = activations.spec(act)
-    if entry.name == "linear":
-        return _ID
-    if entry.negative_slope is not None:  # relu; leaky_relu with Keras' default slope
-        return _Fn("rect", entry.negative_slope)
-    if entry.softmax:
-        return _SOFTMAX
-    return _Fn("any", fn=act, monotone=_is_monotone(act))
-
-
-def _layer_fn(layer, shape) -> _Fn | str:
-    """The nonlinearity of an activation layer without an `activation` attribute (input of per-example `shape`)."""
-    if isinstance(layer, keras.layers.ReLU):
-        slope, max_value, threshold = float(layer.negative_slope), layer.max_value, float(layer.threshold)
-        if max_value is None and threshold == 0.0:
-            return _Fn("rect", slope)
-
-        def relu(t):
-            return keras.activations.relu(t, negative_slope=slope, max_value=max_value, threshold=threshold)
-
-        return _Fn("any", fn=relu, monotone=slope >= 0)
-    if isinstance(layer, keras.layers.LeakyReLU):
-        return _Fn("rect", float(layer.negative_slope))
-    if isinstance(layer, keras.layers.PReLU):
-        alpha = np.asarray(keras.ops.convert_to_numpy(layer.alpha), dtype=np.float64)
-        alpha = np.broadcast_to(alpha, shape).reshape(-1, shape[-1])  # per element, as the fields
-        return _Fn("rect", float(alpha.flat[0]) if np.all(alpha == alpha.flat[0]) else alpha.copy())
-    if isinstance(layer, keras.layers.ELU):
-        a = float(layer.alpha)
-        return _Fn("any", fn=lambda t: keras.activations.elu(t, alpha=a), monotone=a >= 0)
-    if isinstance(layer, keras.layers.Softmax):
-        return _SOFTMAX
-    raise ValueError(f"Unsupported activation layer {layer.name!r} of type {type(layer).__name__}")
-
-
-def _compose(f: _Fn, g: _Fn) -> _Fn:
-    if g.kind == "id":
-        return f
-    if f.kind == "id":
-        return g
-    return _Fn("any", fn=lambda t: f(g(t)), dsq=central_dsq(f, g), monotone=f.monotone and g.monotone)
-
-
-def _fn_moments(f: _Fn, m, v):
-    if f.kind == "id":
-        return m, m * m + v, np.ones_like(m)
-    if f.kind == "rect":
-        return rectifier_moments(f.alpha, m, v)
-    return elementwise_moments(f, m, v, f.dsq)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The signal, as fields over the elements of one example: at position p (flattened) and unit j (a Dense unit or a
 # channel), x = a_j * g(u) + c_j with u ~ N(m[p, j], v[p, j]) across the batch.
 
@@ -196,7 +115,7 @@ def _fn_moments(f: _Fn, m, v):
 @dataclass
 class _Signal:
     shape: tuple  # per-example shape, units last
-    g: _Fn
+    g: Pointwise
     m: np.ndarray  # (positions, units)
     v: np.ndarray  # (positions, units)
     a: np.ndarray | None = None  # (units,) or None
@@ -204,7 +123,7 @@ class _Signal:
 
     @cached_property
     def _moments(self):
-        e1, e2, d = _fn_moments(self.g, self.m, self.v)
+        e1, e2, d = self.g.moments(self.m, self.v)
         if self.a is not None:
             a, c = self.a, self.c
             e1, e2 = a * e1 + c, a * a * e2 + 2 * a * c * e1 + c * c
@@ -233,9 +152,9 @@ class _Signal:
         """The Gaussian with the same mean and variance per element."""
         if self.g.kind == "id" and self.a is None:
             return self
-        return _Signal(self.shape, _ID, self.e1.copy(), self.e2 - self.e1**2)
+        return _Signal(self.shape, IDENTITY, self.e1.copy(), self.e2 - self.e1**2)
 
-    def apply(self, f: _Fn) -> _Signal:
+    def apply(self, f: Pointwise) -> _Signal:
         """f(x): the next function in the chain, exact where it composes with the Gaussian source."""
         if f.kind == "id":
             return self
@@ -247,7 +166,7 @@ class _Signal:
         per_unit_alpha = (f.kind == "rect" and np.ndim(f.alpha)) or (self.g.kind == "rect" and np.ndim(self.g.alpha))
         if self.a is not None or per_unit_alpha:
             return self.gaussian().apply(f)
-        return _Signal(self.shape, _compose(f, self.g), self.m, self.v)
+        return _Signal(self.shape, compose(f, self.g), self.m, self.v)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,46 +190,6 @@ def _weights(layer, attr):
     return None if w is None else np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float64)
 
 
-_CHUNK = 1 << 22  # elements of one gathered block (positions x taps x channels)
-
-
-def _gather_matmul(field, valid, src, w3):
-    """sum over taps t and input units i of field[src[p, t], i] * w3[t, i, o], zero where not valid."""
-    p, t = valid.shape
-    w = w3.reshape(t * w3.shape[1], w3.shape[2])
-    out = np.empty((p, w3.shape[-1]))
-    step = max(1, _CHUNK // max(1, t * field.shape[1]))
-    for lo in range(0, p, step):
-        cols = field[src[lo : lo + step]] * valid[lo : lo + step, :, None]
-        out[lo : lo + step] = cols.reshape(len(cols), -1) @ w
-    return out
-
-
-def _scatter_matmul(grad, valid, src, w3t, n_in):
-    """The adjoint of _gather_matmul: sum over (p, t) reading input position q of grad[p] @ w3t[t]."""
-    t, n_out, n_units = w3t.shape
-    per_tap = (grad @ np.moveaxis(w3t, 0, 1).reshape(n_out, t * n_units)).reshape(len(grad), t, n_units)
-    out = np.zeros((n_in, n_units))
-    for k in range(t):  # one tap reads each input position at most once: plain indexed add
-        rows = valid[:, k]
-        out[src[rows, k]] += per_tap[rows, k]
-    return out
-
-
-def _gather_sum(field, valid, src):
-    """sum over the window's taps t of field[src[p, t], :], zero where not valid."""
-    return np.einsum("ptj,pt->pj", field[src], valid.astype(np.float64))
-
-
-def _scatter_sum(grad, valid, src, n_in):
-    """The adjoint of _gather_sum."""
-    out = np.zeros((n_in, grad.shape[1]))
-    for t in range(valid.shape[1]):
-        rows = valid[:, t]
-        out[src[rows, t]] += grad[rows]
-    return out
-
-
 def _linear(layer, sig: _Signal, out_shape):
     """Dense / conv: the pre-activation signal and the backward map."""
     if isinstance(layer, keras.layers.Dense):
@@ -327,11 +206,11 @@ def _linear(layer, sig: _Signal, out_shape):
         valid, src = window(axes)
     bias = _weights(layer, "bias")
     w2 = w3 * w3
-    m = _gather_matmul(sig.e1, valid, src, w3) + (0.0 if bias is None else bias)
-    v = _gather_matmul(sig.e2 - sig.e1**2, valid, src, w2)
+    m = gather_matmul(sig.e1, valid, src, w3) + (0.0 if bias is None else bias)
+    v = gather_matmul(sig.e2 - sig.e1**2, valid, src, w2)
     n_in = sig.m.shape[0]
     w2t = np.swapaxes(w2, 1, 2)
-    return _Signal(tuple(out_shape), _ID, m, v), lambda g: _scatter_matmul(g, valid, src, w2t, n_in)
+    return _Signal(tuple(out_shape), IDENTITY, m, v), lambda g: scatter_matmul(g, valid, src, w2t, n_in)
 
 
 def _pool(layer, sig: _Signal, out_shape):
@@ -352,12 +231,12 @@ def _pool(layer, sig: _Signal, out_shape):
     count = valid.sum(axis=1, keepdims=True).astype(np.float64)  # elements in each window (fewer at a border)
 
     def window_mean(field):
-        return _gather_sum(field, valid, src) / count
+        return gather_sum(field, valid, src) / count
 
     if isinstance(layer, (*_AVGPOOL, *_GAVGPOOL)):
         # Keras averages over the window's real elements: mean of the means, sum of the variances / count^2.
-        new = _Signal(tuple(out_shape), _ID, window_mean(sig.e1), window_mean(sig.e2 - sig.e1**2) / count)
-        return new, lambda g: _scatter_sum(g / count**2, valid, src, n_in)
+        new = _Signal(tuple(out_shape), IDENTITY, window_mean(sig.e1), window_mean(sig.e2 - sig.e1**2) / count)
+        return new, lambda g: scatter_sum(g / count**2, valid, src, n_in)
     src_sig = sig if sig.g.monotone and (sig.a is None or np.all(sig.a >= 0)) else sig.gaussian()
     # The maximum of a window: its source u is taken as the window's average N(m, v) (the spread of the means added
     # to v), and the maximum of k independent N(0, 1) as the Gaussian with the same mean and variance.
@@ -375,7 +254,7 @@ def _pool(layer, sig: _Signal, out_shape):
     safe = np.where(d_in > 0, d_in, 1.0)
 
     def back(g):
-        return np.where(d_in > 0, _scatter_sum(g * d_max / count, valid, src, n_in) / safe, 0.0)
+        return np.where(d_in > 0, scatter_sum(g * d_max / count, valid, src, n_in) / safe, 0.0)
 
     return new, back
 
@@ -408,7 +287,7 @@ def _dropout(layer, sig: _Signal, training):
     if not training:
         return sig, _identity_back
     keep = 1.0 - float(layer.rate)
-    new = _Signal(sig.shape, _ID, sig.e1.copy(), np.maximum(sig.e2 / keep - sig.e1**2, 0.0))
+    new = _Signal(sig.shape, IDENTITY, sig.e1.copy(), np.maximum(sig.e2 / keep - sig.e1**2, 0.0))
     return new, lambda g: g / keep
 
 
@@ -422,7 +301,7 @@ def _reshape(sig: _Signal, out_shape):
 
     g = sig.g
     if g.kind == "rect" and np.ndim(g.alpha):
-        g = _Fn("rect", per_element(g.alpha))
+        g = Pointwise("rect", per_element(g.alpha))
     new = _Signal(out_shape, g, per_element(sig.m), per_element(sig.v), per_element(sig.a), per_element(sig.c))
     return new, lambda grad: grad.reshape(p_in, n_in)
 
@@ -468,13 +347,13 @@ def _step(layer, sig: _Signal, training: bool):
     out_shape = _out_shape(layer, sig.shape)
     if isinstance(layer, (keras.layers.Dense, *CONV, *CONV_T, *DEPTHWISE)):
         pre, back = _linear(layer, sig, out_shape)
-        return pre, *_activate(pre, _as_fn(layer.activation)), back
+        return pre, *_activate(pre, pointwise(layer.activation)), back
     if isinstance(layer, keras.layers.Activation):
-        return sig, *_activate(sig, _as_fn(layer.activation)), _identity_back
+        return sig, *_activate(sig, pointwise(layer.activation)), _identity_back
     if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU)) or (
         isinstance(layer, keras.layers.Softmax)
     ):
-        return sig, *_activate(sig, _layer_fn(layer, sig.shape)), _identity_back
+        return sig, *_activate(sig, layer_pointwise(layer, sig.shape)), _identity_back
     if isinstance(layer, keras.layers.BatchNormalization):
         new, back = _batchnorm(layer, sig, training)
     elif isinstance(layer, (*_MAXPOOL, *_AVGPOOL, *_GMAXPOOL, *_GAVGPOOL)):
@@ -490,7 +369,7 @@ def _step(layer, sig: _Signal, training: bool):
 
 def _activate(pre: _Signal, f):
     """(output signal, nonlinearity applied, is softmax) for f applied to `pre`."""
-    if f == _SOFTMAX:
+    if f == SOFTMAX:
         return pre, False, True
     if f.kind == "id":
         return pre, False, False
@@ -563,7 +442,7 @@ def predict_variance(
     targets = {id(t.layer): t for t in select_layers(model, layers)}
     n, positions = int(in_shape[-1]), math.prod(in_shape[:-1])
     mean0, var0 = _per_unit(input_mean, n, "input_mean"), _per_unit(input_var, n, "input_var")
-    sig = _Signal(in_shape, _ID, np.tile(mean0, (positions, 1)), np.tile(var0, (positions, 1)))
+    sig = _Signal(in_shape, IDENTITY, np.tile(mean0, (positions, 1)), np.tile(var0, (positions, 1)))
 
     rows, steps = [], []
     softmax_at = None
