@@ -19,9 +19,9 @@ actual weights:
   20-layer, 256-wide ReLU net by about +-40% (one standard deviation over seeds) where this stays within a few
   percent; keeping positions apart does the same for "same" padding on small maps (where the borders sum fewer
   taps, and their inward taps read larger signals).
-- E[f(s)], E[f(s)^2] and E[f'(s)^2] come from `keras_initkit.activations.moments` for any activation: rectifiers
-  through one cached table in m / sqrt(v); any other activation through Chebyshev interpolants in m at a few levels
-  of v, corrected to each element's v with the heat equation dh/dv = 1/2 d^2h/dm^2.
+- E[f(s)], E[f(s)^2] and E[f'(s)^2] come from `keras_initkit.gaussian` for any activation: rectifiers through one
+  cached table in m / sqrt(v); any other activation through Chebyshev interpolants in m at a few levels of v,
+  corrected to each element's v with the heat equation dh/dv = 1/2 d^2h/dm^2.
 - Backward: dC/ds has zero mean and is independent of the forward signal and of W (Glorot & Bengio's assumption),
   so E[(dC/dx_i)^2] = sum_o W_io^2 E[(dC/ds_o)^2] over the outputs input i reaches, and
   E[(dC/ds)^2] = E[f'(s)^2] E[(dC/dx)^2]. The chain needs its value at the top: `top_grad_var`, Var(dC/ds) at the
@@ -31,9 +31,10 @@ actual weights:
 Approximations beyond those of the papers:
 - Max pooling: a window's elements are taken as independent N(m, v) with the window's average m and v (the spread
   of their means added to v), and the maximum of k independent N(0, 1) as the Gaussian with its exact mean and
-  variance (from `moments`), applied before the activation (exact ordering for non-decreasing activations; any
-  other is first replaced by a Gaussian of the same moments). The gradient reaches each window's maximum, so the
-  activation below contributes E[f'(s_max)^2], not E[f'(s)^2] (for ReLU after a 2x2 pool: 0.94, not 1/2).
+  variance (`gaussian.max_of_normals`), applied before the activation (exact ordering for non-decreasing
+  activations; any other is first replaced by a Gaussian of the same moments). The gradient reaches each window's
+  maximum, so the activation below contributes E[f'(s_max)^2], not E[f'(s)^2] (for ReLU after a 2x2 pool: 0.94,
+  not 1/2).
 - Average and global pooling, dropout (`training=True`: second moment / (1 - rate)) are exact in the first two
   moments; their output is then treated as Gaussian (central limit).
 - BatchNormalization: `training=True` (the monitor's default) normalizes each channel with its predicted batch mean
@@ -55,22 +56,35 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import keras
 import numpy as np
 import pandas as pd
 
-from keras_initkit.activations import moments
-from keras_initkit.monitor import leaf_layers, select_layers
+from keras_initkit.activations import IDENTITY, SOFTMAX, Pointwise, compose, layer_pointwise, pointwise
+from keras_initkit.gaussian import max_of_normals
+from keras_initkit.layers import (
+    CONV,
+    CONV_T,
+    DEPTHWISE,
+    as_tuple,
+    conv_params,
+    gather_matmul,
+    gather_sum,
+    layer_fans,
+    leaf_layers,
+    scatter_matmul,
+    scatter_sum,
+    select_layers,
+    window,
+    window_axis,
+)
 
 __all__ = ["THEORY_KINDS", "compare", "layer_fans", "predict_variance"]
 
 THEORY_KINDS = ("preact", "activation", "grad_preact")
 
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_CONV_T = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 _MAXPOOL = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
 _AVGPOOL = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D, keras.layers.AveragePooling3D)
 _GMAXPOOL = (keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D, keras.layers.GlobalMaxPooling3D)
@@ -94,330 +108,6 @@ _SUPPORTED = (
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Geometry: which kernel taps reach which positions.
-
-
-def _conv_params(layer):
-    """Kernel as (taps, in, out) with groups/depthwise expanded; kernel size, strides, dilation, padding, transposed."""
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        raise ValueError(
-            "`model` layers must use data_format='channels_last'. "
-            f"Received: layer {layer.name!r} with data_format={layer.data_format!r}"
-        )
-    w = np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float64)
-    k = tuple(int(d) for d in w.shape[:-2])
-    taps = math.prod(k)
-    if isinstance(layer, _CONV_T):
-        w3 = np.swapaxes(w.reshape(taps, w.shape[-2], w.shape[-1]), 1, 2)  # stored (k, out, in) -> (k, in, out)
-    elif isinstance(layer, _DEPTHWISE):
-        cin, mult = w.shape[-2], w.shape[-1]
-        w3 = np.zeros((taps, cin, cin * mult))
-        for c in range(cin):
-            w3[:, c, c * mult : (c + 1) * mult] = w.reshape(taps, cin, mult)[:, c, :]
-    else:
-        groups = int(getattr(layer, "groups", 1) or 1)
-        cin_g, cout = w.shape[-2], w.shape[-1]
-        w3 = np.zeros((taps, cin_g * groups, cout))
-        per = cout // groups
-        for g in range(groups):
-            w3[:, g * cin_g : (g + 1) * cin_g, g * per : (g + 1) * per] = w.reshape(taps, cin_g, cout)[
-                :, :, g * per : (g + 1) * per
-            ]
-    strides = _tuple(getattr(layer, "strides", 1), len(k))
-    dilation = _tuple(getattr(layer, "dilation_rate", 1), len(k))
-    return w3, k, strides, dilation, layer.padding, isinstance(layer, _CONV_T)
-
-
-def _tuple(v, n):
-    return tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),) * n
-
-
-@dataclass
-class _Axis:
-    """One spatial axis of a sliding window (conv, transposed conv, pool): the input position each (output, tap)
-    reads, or `valid` False where the tap falls on padding."""
-
-    valid: np.ndarray  # (n_out, k) bool
-    src: np.ndarray  # (n_out, k) input position (0 where not valid)
-    n_in: int
-    n_out: int
-
-
-def _axis(k, s, d, padding, n_in, n_out, transposed) -> _Axis:
-    small, big = (n_in, n_out) if transposed else (n_out, n_in)
-    if padding == "causal":
-        before = (k - 1) * d
-    elif padding == "same":
-        before = max((small - 1) * s + (k - 1) * d + 1 - big, 0) // 2
-    else:
-        before = 0
-    pos = np.arange(small)[:, None] * s + np.arange(k)[None, :] * d - before  # big-side position of (small, tap)
-    ok = (pos >= 0) & (pos < big)
-    if not transposed:
-        return _Axis(ok, np.where(ok, pos, 0), n_in, n_out)
-    valid = np.zeros((big, k), dtype=bool)  # outputs are the big side: output o gets tap t from one small j
-    src = np.zeros((big, k), dtype=np.int64)
-    jj, tt = np.nonzero(ok)
-    valid[pos[jj, tt], tt] = True
-    src[pos[jj, tt], tt] = jj
-    return _Axis(valid, src, n_in, n_out)
-
-
-def layer_fans(layer) -> tuple[float, float]:
-    """True (fan_in, fan_out) of a layer with a kernel: inputs summed into one output, outputs one input feeds.
-
-    Away from the borders. Unlike `kernel_fans` (Keras' convention, read off the kernel's shape), this accounts for
-    a transposed convolution's swapped kernel axes and its stride, a strided convolution's fan-out, groups, and a
-    depthwise kernel's single input channel:
-
-    | layer | fan_in | fan_out |
-    |---|---|---|
-    | Dense(out) on in features | in | out |
-    | ConvND(out, k, strides=s), in channels, groups g | prod(k) * in / g | prod(k) * out / (g * prod(s)) |
-    | ConvNDTranspose(out, k, strides=s), in channels | prod(k) * in / prod(s) | prod(k) * out |
-    | DepthwiseConvND(k, strides=s, depth_multiplier=m) | prod(k) | prod(k) * m / prod(s) |
-
-    Values are floats: with strides an average (a stride-2 3x3 kernel reaches 9/4 outputs per input on average).
-
-    Example:
-    >>> conv = keras.layers.Conv2DTranspose(32, 3, strides=2)
-    >>> conv.build((None, 8, 8, 64))
-    >>> layer_fans(conv)
-    (144.0, 288.0)
-
-    Reference:
-    - [He et al., 2015](https://arxiv.org/abs/1502.01852), Eq 10 (n = k^2 c) and Eq 14 (n^ = k^2 d)
-    """
-    if isinstance(layer, keras.layers.Dense):
-        if not layer.built:
-            raise ValueError(f"`layer` must be built (it has no kernel yet). Received: layer {layer.name!r}")
-        n_in, n_out = layer.kernel.shape
-        return float(n_in), float(n_out)
-    if isinstance(layer, (*_CONV, *_CONV_T, *_DEPTHWISE)):
-        if not layer.built:
-            raise ValueError(f"`layer` must be built (it has no kernel yet). Received: layer {layer.name!r}")
-        w3, k, strides, _, _, transposed = _conv_params(layer)
-        nz = (w3 != 0).any(axis=0)  # (in, out) channel pairs that the group/depthwise structure connects
-        per_out = nz.sum(axis=0).mean()  # input channels summed into one output channel
-        per_in = nz.sum(axis=1).mean()  # output channels one input channel feeds
-        taps, stride = math.prod(k), math.prod(strides)
-        if transposed:  # each (input, tap) pair lands on one output: an output gets prod(k) / prod(s) of them
-            return float(per_out * taps / stride), float(per_in * taps)
-        return float(per_out * taps), float(per_in * taps / stride)
-    raise ValueError(
-        "`layer` must be a Dense, ConvND, ConvNDTranspose or DepthwiseConvND layer. "
-        f"Received: layer {getattr(layer, 'name', layer)!r} of type {type(layer).__name__}"
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Activations and their per-unit Gaussian moments.
-
-
-@dataclass(frozen=True)
-class _Fn:
-    """A pointwise function: "id", "rect" (slope 1 above 0, `alpha` below: ReLU, leaky ReLU, PReLU), or "any"."""
-
-    kind: str
-    alpha: float | np.ndarray = 0.0
-    fn: Callable | None = None  # keras-ops callable ("any")
-    dsq: Callable | None = None  # t -> f'(g(t))^2 of the outermost f, when this is a composition f(g)
-    monotone: bool = True
-
-    def __call__(self, t):
-        if self.kind == "id":
-            return t
-        if self.kind == "rect":
-            return keras.ops.where(t > 0, t, float(np.mean(self.alpha)) * t)
-        return self.fn(t)
-
-
-_ID = _Fn("id")
-_SOFTMAX = "softmax"
-
-
-def _is_monotone(fn: Callable) -> bool:
-    t = np.linspace(-12.0, 12.0, 4801, dtype="float32")
-    y = np.asarray(keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(t))), dtype=np.float64)
-    return bool(np.all(np.diff(y) >= -1e-6 * (1.0 + np.abs(y[1:]))))
-
-
-def _as_fn(act) -> _Fn | str:
-    """A Keras activation (function or callable) as an _Fn, or _SOFTMAX."""
-    if act is None or act is keras.activations.linear:
-        return _ID
-    if act is keras.activations.relu:
-        return _Fn("rect", 0.0)
-    if act is keras.activations.leaky_relu:
-        return _Fn("rect", 0.2)  # keras.activations.leaky_relu's default negative_slope
-    if act in (keras.activations.softmax, keras.activations.log_softmax):
-        return _SOFTMAX
-    return _Fn("any", fn=act, monotone=_is_monotone(act))
-
-
-def _layer_fn(layer, shape) -> _Fn | str:
-    """The nonlinearity of an activation layer without an `activation` attribute (input of per-example `shape`)."""
-    if isinstance(layer, keras.layers.ReLU):
-        slope, max_value, threshold = float(layer.negative_slope), layer.max_value, float(layer.threshold)
-        if max_value is None and threshold == 0.0:
-            return _Fn("rect", slope)
-
-        def relu(t):
-            return keras.activations.relu(t, negative_slope=slope, max_value=max_value, threshold=threshold)
-
-        return _Fn("any", fn=relu, monotone=slope >= 0)
-    if isinstance(layer, keras.layers.LeakyReLU):
-        return _Fn("rect", float(layer.negative_slope))
-    if isinstance(layer, keras.layers.PReLU):
-        alpha = np.asarray(keras.ops.convert_to_numpy(layer.alpha), dtype=np.float64)
-        alpha = np.broadcast_to(alpha, shape).reshape(-1, shape[-1])  # per element, as the fields
-        return _Fn("rect", float(alpha.flat[0]) if np.all(alpha == alpha.flat[0]) else alpha.copy())
-    if isinstance(layer, keras.layers.ELU):
-        a = float(layer.alpha)
-        return _Fn("any", fn=lambda t: keras.activations.elu(t, alpha=a), monotone=a >= 0)
-    if isinstance(layer, keras.layers.Softmax):
-        return _SOFTMAX
-    raise ValueError(f"Unsupported activation layer {layer.name!r} of type {type(layer).__name__}")
-
-
-def _dsq(f: _Fn, inner: _Fn) -> Callable:
-    """t -> f'(inner(t))^2 by a central difference (the backward factor of f applied after inner)."""
-    h = 1e-3
-
-    def dsq(t):
-        x = inner(t)
-        return ((f(x + h) - f(x - h)) / (2.0 * h)) ** 2
-
-    return dsq
-
-
-def _compose(f: _Fn, g: _Fn) -> _Fn:
-    if g.kind == "id":
-        return f
-    if f.kind == "id":
-        return g
-    return _Fn("any", fn=lambda t: f(g(t)), dsq=_dsq(f, g), monotone=f.monotone and g.monotone)
-
-
-_RECT_U = 8.0  # beyond |m / sqrt(v)| = 8 a rectifier's moments are its linear asymptotes to 1e-15
-
-
-@lru_cache(maxsize=1)
-def _rect_table():
-    """Chebyshev interpolants on u in [0, 8] of E[relu(u + z)], E[relu(u + z)^2], P(u + z > 0), z ~ N(0, 1)."""
-    deg = 32
-    u = 0.5 * _RECT_U * (1.0 - np.cos(np.pi * (np.arange(deg + 1) + 0.5) / (deg + 1)))
-    vals = []
-    for ui in u:
-        r = moments(lambda t, ui=float(ui): keras.activations.relu(t + ui), 1.0)
-        vals.append((r["mean"], r["second"], r["deriv2"]))
-    vals = np.asarray(vals)
-    cheb = np.polynomial.Chebyshev
-    return tuple(cheb.fit(u, vals[:, i], deg, domain=[0.0, _RECT_U]) for i in range(3))
-
-
-def _rect_moments(alpha, m, v):
-    """E[f], E[f^2], E[f'^2] of the rectifier with slope alpha below 0, for s ~ N(m, v), per unit."""
-    p1, p2, pd_ = _rect_table()
-    sd = np.sqrt(v)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.where(sd > 0, m / np.where(sd > 0, sd, 1.0), np.sign(m) * np.inf)
-    a = np.abs(u)
-    inside = a <= _RECT_U
-    ac = np.where(inside, a, 0.0)
-    q1 = np.where(inside, p1(ac), a)  # E[relu(|u| + z)]
-    q2 = np.where(inside, p2(ac), a * a + 1.0)
-    qd = np.where(inside, pd_(ac), 1.0)
-    neg = u < 0  # relu(-a + z): by symmetry from relu(a + z) - (a + z) = relu(-(a + z))
-    r1 = np.where(neg, q1 - a, q1)
-    r2 = np.where(neg, a * a + 1.0 - q2, q2)
-    rd = np.where(neg, 1.0 - qd, qd)
-    uf = np.where(np.isfinite(u), u, 0.0)
-    e1 = sd * (r1 + alpha * (uf - r1))
-    e2 = v * (r2 + alpha**2 * (uf * uf + 1.0 - r2))
-    d = rd + alpha**2 * (1.0 - rd)
-    det = sd == 0  # deterministic units
-    if np.any(det):
-        y = np.where(m > 0, m, alpha * m)
-        e1, e2 = np.where(det, y, e1), np.where(det, y * y, e2)
-        d = np.where(det, np.where(m > 0, 1.0, alpha**2), d)
-    return e1, e2, d
-
-
-def _any_moments(f: _Fn, m, v):
-    """E[f], E[f^2], E[f'^2] per element for s ~ N(m, v): Chebyshev interpolants in m, heat-equation corrected in v.
-
-    h(m, v) = E[g(m + sqrt(v) z)] solves dh/dv = 1/2 d^2h/dm^2, so h(m, v + dv) = h + dv/2 h_mm + dv^2/8 h_mmmm.
-    The interpolants are built at a few levels of v (consecutive levels a factor 2 apart, each element corrected
-    from the nearest, second order); each node is one call of `moments` on the shifted function.
-    """
-    shape = np.shape(m)
-    m, v = np.ravel(m).astype(np.float64), np.ravel(v).astype(np.float64)
-    e1, e2, d = np.empty_like(m), np.empty_like(m), np.empty_like(m)
-    det = ~(v > 1e-12 * (1.0 + m * m))
-    if det.any():  # no spread: f at the point
-        x = keras.ops.convert_to_tensor(m[det].astype("float32"))
-        y = np.asarray(keras.ops.convert_to_numpy(f(x)), dtype=np.float64)
-        dd = f.dsq if f.dsq is not None else _dsq(f, _ID)
-        e1[det], e2[det] = y, y * y
-        d[det] = np.asarray(keras.ops.convert_to_numpy(dd(x)), dtype=np.float64)
-    rand = ~det
-    if rand.any():
-        lv = np.log(v[rand])
-        width = float(lv.max() - lv.min())
-        n_levels = max(1, math.ceil(width / math.log(2.0) - 1e-9))  # bands of a factor 2, each from its centre
-        levels = lv.min() + (np.arange(n_levels) + 0.5) * width / n_levels
-        nearest = np.abs(lv[:, None] - levels[None, :]).argmin(axis=1)
-        idx = np.flatnonzero(rand)
-        for li, level in enumerate(levels):
-            sel = idx[nearest == li]
-            if sel.size:
-                e1[sel], e2[sel], d[sel] = _cheb_moments(f, m[sel], v[sel], math.exp(level))
-    return e1.reshape(shape), np.maximum(e2, e1 * e1).reshape(shape), np.maximum(d, 0.0).reshape(shape)
-
-
-def _cheb_moments(f: _Fn, m, v, vbar):
-    sd = math.sqrt(vbar)
-    lo, hi = float(m.min()) - 0.6 * sd, float(m.max()) + 0.6 * sd  # local derivatives; nodes ~sd/1.5 apart
-    deg = int(np.clip(math.ceil(1.5 * (hi - lo) / sd), 4, 32))
-    nodes = lo + 0.5 * (hi - lo) * (1.0 - np.cos(np.pi * (np.arange(deg + 1) + 0.5) / (deg + 1)))
-    vals = []
-    for mk in nodes:
-        r = moments(lambda t, mk=float(mk): f(t + mk), vbar)
-        dv = r["deriv2"] if f.dsq is None else moments(lambda t, mk=float(mk): f.dsq(t + mk), vbar)["mean"]
-        vals.append((r["mean"], r["second"], dv))
-    vals = np.asarray(vals)
-    dv = v - vbar
-    out = []
-    for i in range(3):
-        c = np.polynomial.Chebyshev.fit(nodes, vals[:, i], deg, domain=[lo, hi])
-        out.append(c(m) + 0.5 * dv * c.deriv(2)(m) + 0.125 * dv**2 * c.deriv(4)(m))
-    return out
-
-
-def _fn_moments(f: _Fn, m, v):
-    if f.kind == "id":
-        return m, m * m + v, np.ones_like(m)
-    if f.kind == "rect":
-        return _rect_moments(f.alpha, m, v)
-    return _any_moments(f, m, v)
-
-
-@lru_cache(maxsize=64)
-def _max_of_normals(k: int) -> tuple[float, float]:
-    """Mean and variance of the maximum of k independent N(0, 1): k E[z Phi(z)^(k-1)], k E[z^2 Phi(z)^(k-1)]."""
-    if k <= 1:
-        return 0.0, 1.0
-
-    def cdf_pow(t):
-        return (0.5 * (1.0 + keras.ops.erf(t / math.sqrt(2.0)))) ** (k - 1)
-
-    mean = k * moments(lambda t: t * cdf_pow(t), 1.0)["mean"]
-    second = k * moments(lambda t: t * t * cdf_pow(t), 1.0)["mean"]
-    return mean, second - mean * mean
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The signal, as fields over the elements of one example: at position p (flattened) and unit j (a Dense unit or a
 # channel), x = a_j * g(u) + c_j with u ~ N(m[p, j], v[p, j]) across the batch.
 
@@ -425,7 +115,7 @@ def _max_of_normals(k: int) -> tuple[float, float]:
 @dataclass
 class _Signal:
     shape: tuple  # per-example shape, units last
-    g: _Fn
+    g: Pointwise
     m: np.ndarray  # (positions, units)
     v: np.ndarray  # (positions, units)
     a: np.ndarray | None = None  # (units,) or None
@@ -433,7 +123,7 @@ class _Signal:
 
     @cached_property
     def _moments(self):
-        e1, e2, d = _fn_moments(self.g, self.m, self.v)
+        e1, e2, d = self.g.moments(self.m, self.v)
         if self.a is not None:
             a, c = self.a, self.c
             e1, e2 = a * e1 + c, a * a * e2 + 2 * a * c * e1 + c * c
@@ -462,9 +152,9 @@ class _Signal:
         """The Gaussian with the same mean and variance per element."""
         if self.g.kind == "id" and self.a is None:
             return self
-        return _Signal(self.shape, _ID, self.e1.copy(), self.e2 - self.e1**2)
+        return _Signal(self.shape, IDENTITY, self.e1.copy(), self.e2 - self.e1**2)
 
-    def apply(self, f: _Fn) -> _Signal:
+    def apply(self, f: Pointwise) -> _Signal:
         """f(x): the next function in the chain, exact where it composes with the Gaussian source."""
         if f.kind == "id":
             return self
@@ -476,7 +166,7 @@ class _Signal:
         per_unit_alpha = (f.kind == "rect" and np.ndim(f.alpha)) or (self.g.kind == "rect" and np.ndim(self.g.alpha))
         if self.a is not None or per_unit_alpha:
             return self.gaussian().apply(f)
-        return _Signal(self.shape, _compose(f, self.g), self.m, self.v)
+        return _Signal(self.shape, compose(f, self.g), self.m, self.v)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -500,65 +190,6 @@ def _weights(layer, attr):
     return None if w is None else np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float64)
 
 
-def _window(axes: list[_Axis]) -> tuple[np.ndarray, np.ndarray]:
-    """(valid, src), each (output positions, taps): the flattened input position each tap reads."""
-    n = len(axes)
-    valid = np.ones([1] * 2 * n, dtype=bool)
-    src = np.zeros([1] * 2 * n, dtype=np.int64)
-    stride = 1
-    for i in reversed(range(n)):  # row-major positions and taps, as Keras flattens them
-        shape = [1] * 2 * n
-        shape[i], shape[n + i] = axes[i].valid.shape
-        valid = valid & axes[i].valid.reshape(shape)
-        src = src + axes[i].src.reshape(shape) * stride
-        stride *= axes[i].n_in
-    full = [a.n_out for a in axes] + [a.valid.shape[1] for a in axes]
-    p, t = math.prod(full[:n]), math.prod(full[n:])
-    valid = np.broadcast_to(valid, full).reshape(p, t)
-    src = np.broadcast_to(src, full).reshape(p, t)
-    return valid, np.where(valid, src, 0)
-
-
-_CHUNK = 1 << 22  # elements of one gathered block (positions x taps x channels)
-
-
-def _gather_matmul(field, valid, src, w3):
-    """sum over taps t and input units i of field[src[p, t], i] * w3[t, i, o], zero where not valid."""
-    p, t = valid.shape
-    w = w3.reshape(t * w3.shape[1], w3.shape[2])
-    out = np.empty((p, w3.shape[-1]))
-    step = max(1, _CHUNK // max(1, t * field.shape[1]))
-    for lo in range(0, p, step):
-        cols = field[src[lo : lo + step]] * valid[lo : lo + step, :, None]
-        out[lo : lo + step] = cols.reshape(len(cols), -1) @ w
-    return out
-
-
-def _scatter_matmul(grad, valid, src, w3t, n_in):
-    """The adjoint of _gather_matmul: sum over (p, t) reading input position q of grad[p] @ w3t[t]."""
-    t, n_out, n_units = w3t.shape
-    per_tap = (grad @ np.moveaxis(w3t, 0, 1).reshape(n_out, t * n_units)).reshape(len(grad), t, n_units)
-    out = np.zeros((n_in, n_units))
-    for k in range(t):  # one tap reads each input position at most once: plain indexed add
-        rows = valid[:, k]
-        out[src[rows, k]] += per_tap[rows, k]
-    return out
-
-
-def _gather_sum(field, valid, src):
-    """sum over the window's taps t of field[src[p, t], :], zero where not valid."""
-    return np.einsum("ptj,pt->pj", field[src], valid.astype(np.float64))
-
-
-def _scatter_sum(grad, valid, src, n_in):
-    """The adjoint of _gather_sum."""
-    out = np.zeros((n_in, grad.shape[1]))
-    for t in range(valid.shape[1]):
-        rows = valid[:, t]
-        out[src[rows, t]] += grad[rows]
-    return out
-
-
 def _linear(layer, sig: _Signal, out_shape):
     """Dense / conv: the pre-activation signal and the backward map."""
     if isinstance(layer, keras.layers.Dense):
@@ -566,19 +197,20 @@ def _linear(layer, sig: _Signal, out_shape):
         n_pos = sig.m.shape[0]
         valid, src = np.ones((n_pos, 1), dtype=bool), np.arange(n_pos)[:, None]
     else:
-        w3, k, strides, dil, padding, transposed = _conv_params(layer)
+        w3, k, strides, dil, padding, transposed = conv_params(layer)
         spatial_in, spatial_out = sig.shape[:-1], out_shape[:-1]
         axes = [
-            _axis(k[i], strides[i], dil[i], padding, spatial_in[i], spatial_out[i], transposed) for i in range(len(k))
+            window_axis(k[i], strides[i], dil[i], padding, spatial_in[i], spatial_out[i], transposed)
+            for i in range(len(k))
         ]
-        valid, src = _window(axes)
+        valid, src = window(axes)
     bias = _weights(layer, "bias")
     w2 = w3 * w3
-    m = _gather_matmul(sig.e1, valid, src, w3) + (0.0 if bias is None else bias)
-    v = _gather_matmul(sig.e2 - sig.e1**2, valid, src, w2)
+    m = gather_matmul(sig.e1, valid, src, w3) + (0.0 if bias is None else bias)
+    v = gather_matmul(sig.e2 - sig.e1**2, valid, src, w2)
     n_in = sig.m.shape[0]
     w2t = np.swapaxes(w2, 1, 2)
-    return _Signal(tuple(out_shape), _ID, m, v), lambda g: _scatter_matmul(g, valid, src, w2t, n_in)
+    return _Signal(tuple(out_shape), IDENTITY, m, v), lambda g: scatter_matmul(g, valid, src, w2t, n_in)
 
 
 def _pool(layer, sig: _Signal, out_shape):
@@ -589,27 +221,28 @@ def _pool(layer, sig: _Signal, out_shape):
     if isinstance(layer, (*_GMAXPOOL, *_GAVGPOOL)):
         valid, src = np.ones((1, n_in), dtype=bool), np.arange(n_in)[None, :]
     else:
-        pool = _tuple(layer.pool_size, len(spatial_in))
-        strides = _tuple(layer.strides, len(spatial_in))
+        pool = as_tuple(layer.pool_size, len(spatial_in))
+        strides = as_tuple(layer.strides, len(spatial_in))
         axes = [
-            _axis(pool[i], strides[i], 1, layer.padding, spatial_in[i], out_shape[i], False) for i in range(len(pool))
+            window_axis(pool[i], strides[i], 1, layer.padding, spatial_in[i], out_shape[i], False)
+            for i in range(len(pool))
         ]
-        valid, src = _window(axes)
+        valid, src = window(axes)
     count = valid.sum(axis=1, keepdims=True).astype(np.float64)  # elements in each window (fewer at a border)
 
     def window_mean(field):
-        return _gather_sum(field, valid, src) / count
+        return gather_sum(field, valid, src) / count
 
     if isinstance(layer, (*_AVGPOOL, *_GAVGPOOL)):
         # Keras averages over the window's real elements: mean of the means, sum of the variances / count^2.
-        new = _Signal(tuple(out_shape), _ID, window_mean(sig.e1), window_mean(sig.e2 - sig.e1**2) / count)
-        return new, lambda g: _scatter_sum(g / count**2, valid, src, n_in)
+        new = _Signal(tuple(out_shape), IDENTITY, window_mean(sig.e1), window_mean(sig.e2 - sig.e1**2) / count)
+        return new, lambda g: scatter_sum(g / count**2, valid, src, n_in)
     src_sig = sig if sig.g.monotone and (sig.a is None or np.all(sig.a >= 0)) else sig.gaussian()
     # The maximum of a window: its source u is taken as the window's average N(m, v) (the spread of the means added
     # to v), and the maximum of k independent N(0, 1) as the Gaussian with the same mean and variance.
     m_bar = window_mean(src_sig.m)
     v_bar = window_mean(src_sig.v) + np.maximum(window_mean(src_sig.m**2) - m_bar**2, 0.0)
-    stats = np.array([_max_of_normals(int(k)) for k in count[:, 0]])
+    stats = np.array([max_of_normals(int(k)) for k in count[:, 0]])
     mu, var = stats[:, :1], stats[:, 1:]
     new = _Signal(tuple(out_shape), src_sig.g, m_bar + np.sqrt(v_bar) * mu, v_bar * var, src_sig.a, src_sig.c)
     # The gradient reaches each window's maximum only, where the nonlinearity below has the derivative f'(u_max)
@@ -621,7 +254,7 @@ def _pool(layer, sig: _Signal, out_shape):
     safe = np.where(d_in > 0, d_in, 1.0)
 
     def back(g):
-        return np.where(d_in > 0, _scatter_sum(g * d_max / count, valid, src, n_in) / safe, 0.0)
+        return np.where(d_in > 0, scatter_sum(g * d_max / count, valid, src, n_in) / safe, 0.0)
 
     return new, back
 
@@ -654,7 +287,7 @@ def _dropout(layer, sig: _Signal, training):
     if not training:
         return sig, _identity_back
     keep = 1.0 - float(layer.rate)
-    new = _Signal(sig.shape, _ID, sig.e1.copy(), np.maximum(sig.e2 / keep - sig.e1**2, 0.0))
+    new = _Signal(sig.shape, IDENTITY, sig.e1.copy(), np.maximum(sig.e2 / keep - sig.e1**2, 0.0))
     return new, lambda g: g / keep
 
 
@@ -668,7 +301,7 @@ def _reshape(sig: _Signal, out_shape):
 
     g = sig.g
     if g.kind == "rect" and np.ndim(g.alpha):
-        g = _Fn("rect", per_element(g.alpha))
+        g = Pointwise("rect", per_element(g.alpha))
     new = _Signal(out_shape, g, per_element(sig.m), per_element(sig.v), per_element(sig.a), per_element(sig.c))
     return new, lambda grad: grad.reshape(p_in, n_in)
 
@@ -712,15 +345,15 @@ def _step(layer, sig: _Signal, training: bool):
     if _several_inputs(layer):
         _unsupported(layer, " (several inputs: the theory follows a chain)")
     out_shape = _out_shape(layer, sig.shape)
-    if isinstance(layer, (keras.layers.Dense, *_CONV, *_CONV_T, *_DEPTHWISE)):
+    if isinstance(layer, (keras.layers.Dense, *CONV, *CONV_T, *DEPTHWISE)):
         pre, back = _linear(layer, sig, out_shape)
-        return pre, *_activate(pre, _as_fn(layer.activation)), back
+        return pre, *_activate(pre, pointwise(layer.activation)), back
     if isinstance(layer, keras.layers.Activation):
-        return sig, *_activate(sig, _as_fn(layer.activation)), _identity_back
+        return sig, *_activate(sig, pointwise(layer.activation)), _identity_back
     if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU)) or (
         isinstance(layer, keras.layers.Softmax)
     ):
-        return sig, *_activate(sig, _layer_fn(layer, sig.shape)), _identity_back
+        return sig, *_activate(sig, layer_pointwise(layer, sig.shape)), _identity_back
     if isinstance(layer, keras.layers.BatchNormalization):
         new, back = _batchnorm(layer, sig, training)
     elif isinstance(layer, (*_MAXPOOL, *_AVGPOOL, *_GMAXPOOL, *_GAVGPOOL)):
@@ -736,7 +369,7 @@ def _step(layer, sig: _Signal, training: bool):
 
 def _activate(pre: _Signal, f):
     """(output signal, nonlinearity applied, is softmax) for f applied to `pre`."""
-    if f == _SOFTMAX:
+    if f == SOFTMAX:
         return pre, False, True
     if f.kind == "id":
         return pre, False, False
@@ -809,7 +442,7 @@ def predict_variance(
     targets = {id(t.layer): t for t in select_layers(model, layers)}
     n, positions = int(in_shape[-1]), math.prod(in_shape[:-1])
     mean0, var0 = _per_unit(input_mean, n, "input_mean"), _per_unit(input_var, n, "input_var")
-    sig = _Signal(in_shape, _ID, np.tile(mean0, (positions, 1)), np.tile(var0, (positions, 1)))
+    sig = _Signal(in_shape, IDENTITY, np.tile(mean0, (positions, 1)), np.tile(var0, (positions, 1)))
 
     rows, steps = [], []
     softmax_at = None

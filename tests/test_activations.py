@@ -70,3 +70,33 @@ def test_moments_scale_with_q():
     assert m["second"] == pytest.approx(1e-4, rel=1e-3) and m["deriv2"] == pytest.approx(1.0, rel=1e-3)
     with pytest.raises(ValueError, match=r"`q` .* must be a finite number > 0. Received: q=-1"):
         moments("relu", -1)
+
+
+# ---- the registry: one place says what an activation is ------------------------------------------------------------
+
+
+def test_registry_reads_leaky_slope_from_keras_and_serves_the_theory():
+    import inspect
+
+    from keras_initkit.activations import DEFAULT_NEGATIVE_SLOPE, pointwise, spec
+
+    keras_default = inspect.signature(keras.activations.leaky_relu).parameters["negative_slope"].default
+    assert DEFAULT_NEGATIVE_SLOPE == keras_default == spec("leaky_relu").negative_slope
+    assert pointwise(keras.activations.leaky_relu).alpha == keras_default  # the theory's rectifier
+    assert pointwise(keras.activations.relu).alpha == 0.0
+    assert gain("leaky_relu") == pytest.approx(math.sqrt(2 / (1 + keras_default**2)))
+
+
+def test_registry_entries_by_name_keras_function_and_layer():
+    from keras_initkit.activations import layer_activation, spec
+
+    assert spec("tanh").bounds == (-1.0, 1.0) and spec(keras.activations.sigmoid).bounds == (0.0, 1.0)
+    assert spec("relu").rectifier and spec("relu6").rectifier and not spec("leaky_relu").rectifier
+    assert spec(None).name == "linear" and spec("swish").name == "silu" and spec("softmax").softmax
+    # a callable that is not Keras' is known by its name only
+    own = spec(lambda x: x)
+    assert own.name == "<lambda>" and own.bounds is None and not own.rectifier and own.negative_slope is None
+    assert layer_activation(keras.layers.ReLU()) == "relu"
+    assert layer_activation(keras.layers.ReLU(negative_slope=0.1)) == "leaky_relu"
+    assert layer_activation(keras.layers.Dense(2, activation="tanh")) == "tanh"
+    assert layer_activation(keras.layers.Dropout(0.1)) is None

@@ -168,7 +168,7 @@ def test_probe_pass_leaves_model_state_untouched():
         [
             keras.Input((6,)),
             keras.layers.Dense(8),
-            keras.layers.BatchNormalization(),
+            keras.layers.BatchNormalization(name="batch_normalization"),  # named: other tests' layers take the default
             keras.layers.Dropout(0.5),
             keras.layers.Dense(3),
         ]
@@ -407,6 +407,68 @@ def test_train_batch_rejects_a_custom_train_step():
     model.compile("sgd", LOSS)
     with pytest.raises(ValueError, match="overrides it"):
         _fit(model, VarianceMonitor(source="train_batch"), steps=2)
+
+
+# ---- kinds: recording a subset ----------------------------------------------------------------------------------
+
+
+FORWARD = ("preact", "activation", "kernel")
+
+
+def _rows(df, kinds):
+    return df[df.kind.isin(kinds)].reset_index(drop=True)
+
+
+def test_forward_kinds_only_without_labels_and_without_warning():
+    x, y = _data(16, 6)
+    model = _small_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fwd = VarianceMonitor(probe=x, kinds=FORWARD).measure(model)
+    assert set(fwd.kind) == set(FORWARD)
+    # the same values as when every kind is recorded (with labels: the gradient pass runs too)
+    full = VarianceMonitor(probe=(x, y)).measure(model)
+    pd.testing.assert_frame_equal(fwd, _rows(full, FORWARD), check_exact=True)
+
+
+@pytest.mark.parametrize("kinds", [("grad_preact",), ("activation", "grad_kernel"), "kernel"])
+def test_any_subset_of_kinds_keeps_the_values_of_those_recorded(kinds):
+    x, y = _data(16, 6)
+    model = _small_model()
+    full = VarianceMonitor(probe=(x, y), histograms=True, track_unit=1).measure(model)
+    part = VarianceMonitor(probe=(x, y), histograms=True, track_unit=1, kinds=kinds).measure(model)
+    wanted = (kinds,) if isinstance(kinds, str) else kinds
+    assert set(part.kind) == set(wanted)
+    pd.testing.assert_frame_equal(part, _rows(full, wanted), check_exact=True)
+
+
+def test_train_batch_subset_of_kinds_keeps_the_values_of_those_recorded():
+    frames = {}
+    for kinds in (None, ("activation", "grad_preact")):
+        keras.utils.set_random_seed(3)
+        monitor = VarianceMonitor(every=2, source="train_batch", track_unit=0, kinds=kinds)
+        _fit(_small_model(), monitor, steps=4)
+        frames[kinds] = (monitor.to_frame(), monitor.unit_frame())
+    (full, full_unit), (part, part_unit) = frames.values()
+    assert set(part.kind) == {"activation", "grad_preact"} and set(part_unit.kind) == {"activation"}
+    pd.testing.assert_frame_equal(part, _rows(full, ("activation", "grad_preact")), check_exact=True)
+    pd.testing.assert_frame_equal(part_unit, _rows(full_unit, ("activation",)), check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kinds": ["weights"]}, r"`kinds` must be None or a non-empty subset of .* Received: kinds=\['weights'\]"),
+        ({"kinds": []}, r"`kinds` must be None or a non-empty subset"),
+        ({"kinds": 3}, r"`kinds` must be None or a non-empty subset"),
+        ({"kinds": ["preact"], "histograms": ["kernel"]}, r"`histograms` must name recorded kinds"),
+        ({"kinds": ["grad_preact"], "probe": np.zeros((4, 6), "float32")}, r"`kinds` names gradient kinds"),
+    ],
+)
+def test_kinds_errors(kwargs, match):
+    args = {"probe": (np.zeros((4, 6), "float32"), np.zeros(4))} | kwargs
+    with pytest.raises(ValueError, match=match):
+        VarianceMonitor(**args)
 
 
 # ---- divergence, missing labels, outputs ----------------------------------------------------------------------------
