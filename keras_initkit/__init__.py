@@ -38,17 +38,29 @@ _LAZY = {
     "gain": "activations",
     "moments": "activations",
     "VarianceMonitor": "monitor",
-    "STATS": "monitor",
+    "STATS": "stats",
     "predict_variance": "theory",
     "compare": "theory",
-    "layer_fans": "theory",
+    "layer_fans": "layers",
     "THEORY_KINDS": "theory",
     "variance_vs_depth": "plots",
     "stat_over_training": "plots",
     "layer_histograms": "plots",
     "percentile_bands": "plots",
 }
-_SUBMODULES = ("activations", "datasets", "initializers", "monitor", "plots", "study", "theory")
+_SUBMODULES = (
+    "activations",
+    "datasets",
+    "fileio",
+    "gaussian",
+    "initializers",
+    "layers",
+    "monitor",
+    "plots",
+    "stats",
+    "study",
+    "theory",
+)
 
 __all__ = sorted(_LAZY)
 
