@@ -429,9 +429,7 @@ class DeltaOrthogonal(_FreshSeed, keras.initializers.Orthogonal):
     def __call__(self, shape, dtype=None):
         shape = _check_shape(shape)
         if len(shape) < 2:
-            raise ValueError(
-                f"`shape` must have rank >= 2 (a kernel (*k, c_in, c_out)). Received: shape={shape}"
-            )
+            raise ValueError(f"`shape` must have rank >= 2 (a kernel (*k, c_in, c_out)). Received: shape={shape}")
         *taps, c_in, c_out = shape
         centre = super().__call__((c_in, c_out), dtype=dtype)
         if not taps:
