@@ -35,9 +35,14 @@ Departures from the paper in QUICK: 4 hidden layers of 128 units (paper: 5 x 100
 updates instead of millions; a finite Shapeset sample; scikit-learn's 8x8 digits in place of MNIST and CIFAR-10 (no
 download). Absolute errors are far from Table 1's; G6 and G7 test the orderings.
 
+SMOKE: the whole pipeline (tables, claims, figures, report) in seconds: the six rows on a small Shapeset sample, one
+seed, 3 hidden layers of 16 units, 40 updates.
+
 Run: `make study-sigmoid` (QUICK) or
-`python -m keras_initkit.study.cli sigmoid_vs_relu --profile quick|paper [--engine process --jobs 2]`.
+`python -m keras_initkit.study.cli sigmoid_vs_relu --profile quick|paper|smoke [--engine process --jobs 2]`.
 Results: results/sigmoid_vs_relu/<profile>/; the QUICK report is copied to docs/results/sigmoid_vs_relu/.
+The nets are `keras_initkit.study.models.build_mlp`; the inits `keras_initkit.study.inits.make_initializer`'s
+"standard", "normalized" and "he".
 """
 
 from __future__ import annotations
@@ -46,16 +51,18 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 import threadpoolctl  # a scikit-learn dependency
 
-from keras_initkit.initializers import GlorotAvg, He, StandardUniform
+from keras_initkit.study.data import load_data
 from keras_initkit.study.grid import derive_seed
 from keras_initkit.study.metrics import error_percent
+from keras_initkit.study.models import build_mlp, weight_layers
+from keras_initkit.study.summary import claim_row, layer_factors, se_diff, spread, with_trial
+from keras_initkit.study.training import compile_sgd, fit_curve
 
 NAME = "sigmoid_vs_relu"
 
@@ -122,15 +129,10 @@ PAPER_TABLE1 = {
     "Sigmoid": {"shapeset": 82.61, "mnist": 2.21, "cifar10": 57.28},
 }
 PAPER_DATASETS = ("shapeset", "mnist", "cifar10")
-TABLE1_ROWS = (
-    ("sigmoid", "standard"),
-    ("tanh", "standard"),
-    ("tanh", "normalized"),
-    ("softsign", "standard"),
-    ("softsign", "normalized"),
-    ("relu", "he"),
-)
+TABLE1_ROWS = (("sigmoid", "standard"), ("tanh", "standard"), ("tanh", "normalized"), ("softsign", "standard"),
+               ("softsign", "normalized"), ("relu", "he"))  # fmt: skip
 INITS = ("standard", "normalized", "he")
+FAMILIES = ("sigmoid", "tanh", "softsign", "relu")  # the activation families (one learning rate is chosen per family)
 ACTIVATION_LABELS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "softsign": "Softsign", "relu": "ReLU"}
 INIT_SUFFIX = {"standard": "", "normalized": " N", "he": " He"}
 # the kinds of Figs 6, 7 and 8 (histograms at init); the monitor's tracing cost grows with what it records
@@ -165,12 +167,7 @@ class Config:
     steps: tuple[tuple[str, int], ...] = (("shapeset", 4000), ("digits", 2000), ("mnist", 4000), ("cifar10", 4000))
     # learning rates per activation family, (activation, (lr, ...)) pairs; with several, the one with the lowest mean
     # validation error over the family's trials (all inits and seeds, per data set) is the one reported
-    learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = (
-        ("sigmoid", (0.1,)),
-        ("tanh", (0.1,)),
-        ("softsign", (0.1,)),
-        ("relu", (0.1,)),
-    )
+    learning_rates: tuple[tuple[str, tuple[float, ...]], ...] = tuple((a, (0.1,)) for a in FAMILIES)
     # Shapeset training images (a finite sample of its online stream); fixed splits use all their training images
     n_train: int = 20000
     # validation images held out of the training split: learning-rate choice; its first 300 give Fig 2's statistics
@@ -192,19 +189,16 @@ class Config:
 
 QUICK = Config()
 PAPER = Config(
-    datasets=("shapeset", "mnist", "cifar10"),
-    n_hidden=5,
-    width=1000,
-    g1_hidden=4,
+    datasets=("shapeset", "mnist", "cifar10"), n_hidden=5, width=1000, g1_hidden=4,
     steps=(("shapeset", 1_000_000), ("mnist", 300_000), ("cifar10", 250_000), ("digits", 20_000)),
-    learning_rates=tuple((a, (0.3, 0.1, 0.03, 0.01)) for a in ("sigmoid", "tanh", "softsign", "relu")),
-    n_train=200_000,
-    n_val=5000,
-    n_test=10000,
-    n_jacobian=32,
-    record_every=2000,
-)
-PROFILES = {"quick": QUICK, "paper": PAPER}
+    learning_rates=tuple((a, (0.3, 0.1, 0.03, 0.01)) for a in FAMILIES),
+    n_train=200_000, n_val=5000, n_test=10000, n_jacobian=32, record_every=2000,
+)  # fmt: skip
+SMOKE = Config(
+    datasets=("shapeset",), seeds=(0,), n_hidden=3, width=16, g1_hidden=3, steps=(("shapeset", 40),),
+    n_train=200, n_val=40, n_test=50, n_stats=30, n_jacobian=4, record_every=20, bins=8,
+)  # fmt: skip
+PROFILES = {"quick": QUICK, "paper": PAPER, "smoke": SMOKE}
 
 
 # --------------------------------------------------------------------------------------------------- the grid
@@ -271,62 +265,19 @@ def trials(cfg: Config) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- one trial
 
 
-@functools.lru_cache(maxsize=4)
-def _data(name: str, n_train: int, n_val: int, n_test: int, seed: int, path: str | None) -> dict[str, np.ndarray]:
-    """Flattened train / validation / test arrays, cached per process (every trial of a data set shares them)."""
-    from keras_initkit.datasets import load
-
-    if name == "shapeset":
-        data = load(name, n_train=n_train + n_val, n_test=n_test, seed=seed)
-    else:
-        data = load(name, path=path if name in ("mnist", "cifar10") else None)
+def _splits(cfg: Config, name: str) -> dict[str, np.ndarray]:
+    """Flattened train / validation / test arrays of data set `name` (`load_data` loads it once per process): the
+    validation images are the last `n_val` of the training split."""
+    shapeset = name == "shapeset"
+    data = load_data(name, n_train=cfg.n_train + cfg.n_val if shapeset else None,
+                     n_test=cfg.n_test if shapeset else None, seed=cfg.data_seed, path=cfg.data_path)  # fmt: skip
     x_train = data.x_train.reshape(len(data.x_train), -1)
-    x_test = data.x_test.reshape(len(data.x_test), -1)
+    n_val = cfg.n_val
     if n_val >= len(x_train):
         raise ValueError(f"`n_val` must leave training examples in {name!r}. Received: n_val={n_val}")
-    return {
-        "x_train": x_train[:-n_val],
-        "y_train": data.y_train[:-n_val],
-        "x_val": x_train[-n_val:],
-        "y_val": data.y_train[-n_val:],
-        "x_test": x_test,
-        "y_test": data.y_test,
-        "num_classes": np.int64(data.num_classes),
-    }
-
-
-def make_initializer(init: str, seed: int) -> keras.initializers.Initializer:
-    """A fresh initializer instance: "standard", "normalized" (GlorotAvg) or "he"."""
-    if init == "standard":
-        return StandardUniform(seed=seed)
-    if init == "normalized":
-        return GlorotAvg(seed=seed)
-    if init == "he":
-        return He(seed=seed)
-    raise ValueError(f"`init` must be one of {INITS}. Received: init={init!r}")
-
-
-def build_model(
-    input_dim: int, num_classes: int, n_hidden: int, width: int, activation: str, init: str, seed: int
-) -> keras.Model:
-    """Glorot's net: n_hidden Dense layers `hidden_1..` of `width` units, a linear `output` layer (softmax in the
-    loss), biases 0, every layer with its own initializer instance seeded from (seed, layer index)."""
-    inputs = keras.Input((input_dim,), name="x")
-    x = inputs
-    for i in range(n_hidden + 1):
-        last = i == n_hidden
-        x = keras.layers.Dense(
-            num_classes if last else width,
-            activation=None if last else activation,
-            kernel_initializer=make_initializer(init, derive_seed(seed, "layer", i)),
-            bias_initializer="zeros",
-            name="output" if last else f"hidden_{i + 1}",
-        )(x)
-    return keras.Model(inputs, x, name=f"mlp_{activation}_{init}")
-
-
-def hidden_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    return [layer for layer in model.layers if layer.name.startswith("hidden_")]
+    return {"x_train": x_train[:-n_val], "y_train": data.y_train[:-n_val], "x_val": x_train[-n_val:],
+            "y_val": data.y_train[-n_val:], "x_test": data.x_test.reshape(len(data.x_test), -1), "y_test": data.y_test,
+            "num_classes": data.num_classes}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=16)
@@ -380,37 +331,6 @@ def jacobian_singular_values(layer, inputs) -> np.ndarray:
         return np.linalg.svd(jac.astype("float64"), compute_uv=False)
 
 
-class _Curve(keras.callbacks.Callback):
-    """Training loss (mean over the last chunk) and held-out error after each chunk of `every` updates."""
-
-    def __init__(self, x, y, every: int):
-        super().__init__()
-        self.x, self.y, self.every = x, y, every
-        self.rows: list[dict] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = float((logs or {}).get("loss", np.nan))
-        self.rows.append(
-            {"step": (epoch + 1) * self.every, "train_loss": loss, "val_err": error_percent(self.model, self.x, self.y)}
-        )
-
-
-def _batches(x, y, batch_size: int, seed: int):
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat().batch(batch_size, drop_remainder=True)
-    return ds.prefetch(2)
-
-
-def _with_trial(frame: pd.DataFrame, trial: dict) -> pd.DataFrame:
-    frame = frame.copy()
-    for key in TRIAL_KEYS:
-        frame[key] = trial[key]
-    frame["row"] = row_label(trial["activation"], trial["init"])
-    return frame
-
-
 def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     """Build, measure at init, train and evaluate one net; returns the tables "final", "init", "hist",
     "jacobian", "training" and "curves", each with the trial's parameters as columns."""
@@ -419,63 +339,34 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     start, start_cpu = time.perf_counter(), time.process_time()
     seed = int(trial["seed"])
     keras.utils.set_random_seed(derive_seed(seed, "fit", trial["dataset"]))
-    d = _data(trial["dataset"], cfg.n_train, cfg.n_val, cfg.n_test, cfg.data_seed, cfg.data_path)
+    d = _splits(cfg, trial["dataset"])
     steps = _steps(cfg, trial["dataset"])
-    model = build_model(
-        d["x_train"].shape[1],
-        int(d["num_classes"]),
-        trial["n_hidden"],
-        cfg.width,
-        trial["activation"],
-        trial["init"],
-        seed,
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=trial["lr"]),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps_per_execution=cfg.record_every,
-    )
-    names = [layer.name for layer in hidden_layers(model)]
+    model = build_mlp(d["x_train"].shape[1], d["num_classes"], trial["n_hidden"], cfg.width,
+                      activation=trial["activation"], init=trial["init"], seed=seed)  # fmt: skip
+    compile_sgd(model, trial["lr"], steps_per_execution=cfg.record_every)
+    hidden = weight_layers(model)[:-1]  # hidden_1 ... hidden_<n_hidden>, the output layer left out
+    names = [layer.name for layer in hidden]
 
     # Eq 17: singular values of dz^(i+1)/dz^i between consecutive hidden layers.
-    zs = keras.Model(model.input, [layer.output for layer in hidden_layers(model)])(d["x_train"][: cfg.n_jacobian])
+    zs = keras.Model(model.input, [layer.output for layer in hidden])(d["x_train"][: cfg.n_jacobian])
     zs = [keras.ops.convert_to_numpy(z) for z in zs]
     jac_rows = []
-    for i, layer in enumerate(hidden_layers(model)[1:], start=1):
+    for i, layer in enumerate(hidden[1:], start=1):
         sv = jacobian_singular_values(layer, zs[i - 1])
-        jac_rows.append(
-            {
-                "layer": layer.name,
-                "depth": i,
-                "mean_sv": float(sv.mean()),
-                "p10": float(np.quantile(sv, 0.1)),
-                "p50": float(np.median(sv)),
-                "p90": float(np.quantile(sv, 0.9)),
-                "max_sv": float(sv.max()),
-            }
-        )
+        sv_stats = {"mean_sv": sv.mean(), "p10": np.quantile(sv, 0.1), "p50": np.median(sv),
+                    "p90": np.quantile(sv, 0.9), "max_sv": sv.max()}  # fmt: skip
+        jac_rows.append({"layer": layer.name, "depth": i, **{k: float(v) for k, v in sv_stats.items()}})
 
     # One monitor on the held-out examples: at step 0 (Figs 6-8, with gradients and histograms) and every
     # record_every updates during training (Fig 2). One monitor traces its probe function once per model.
     probe = (d["x_val"][: cfg.n_stats], d["y_val"][: cfg.n_stats])
-    monitor = VarianceMonitor(
-        probe=probe,
-        every=cfg.record_every,
-        at_init=True,
-        layers=names,
-        stats=["mean", "var", "std"],
-        histograms=HIST_KINDS,
-        bins=cfg.bins,
-    )
-    curve = _Curve(d["x_val"], d["y_val"], cfg.record_every)
-    model.fit(
-        _batches(d["x_train"], d["y_train"], cfg.batch_size, derive_seed(seed, "order")),
-        epochs=steps // cfg.record_every,
-        steps_per_epoch=cfg.record_every,
-        callbacks=[monitor, curve],
-        shuffle=False,
-        verbose=0,
-    )
+    monitor = VarianceMonitor(probe=probe, every=cfg.record_every, at_init=True, layers=names,
+                              stats=["mean", "var", "std"], histograms=HIST_KINDS, bins=cfg.bins)  # fmt: skip
+    curve = fit_curve(
+        model, d["x_train"], d["y_train"], steps=steps, every=cfg.record_every, batch_size=cfg.batch_size,
+        seed=derive_seed(seed, "order"), callbacks=[monitor], loss="train_loss",
+        evaluate=lambda m: {"val_err": error_percent(m, d["x_val"], d["y_val"])},
+    )  # fmt: skip
     frame = monitor.to_frame()
     stats = frame[~frame["stat"].str.startswith("hist_")]
     init_frame = stats[stats["step"] == 0]
@@ -489,57 +380,30 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
         "train_err": error_percent(model, d["x_train"][: len(d["x_test"])], d["y_train"][: len(d["x_test"])]),
         "val_err": error_percent(model, d["x_val"], d["y_val"]),
         "test_err": error_percent(model, d["x_test"], d["y_test"]),
-        "final_loss": curve.rows[-1]["train_loss"] if curve.rows else float("nan"),
-        "diverged": bool(curve.rows and not np.isfinite(curve.rows[-1]["train_loss"])),
+        "final_loss": float(curve["train_loss"].iloc[-1]) if len(curve) else float("nan"),
+        "diverged": bool(len(curve) and not np.isfinite(curve["train_loss"].iloc[-1])),
         "wall_s": time.perf_counter() - start,
         # CPU seconds of this process (all threads): what the trial costs on an otherwise idle machine
         "cpu_s": time.process_time() - start_cpu,
     }
-    return {
-        "final": _with_trial(pd.DataFrame([final]), trial),
-        "init": _with_trial(init_frame, trial),
-        "hist": _with_trial(hist_frame, trial),
-        "jacobian": _with_trial(pd.DataFrame(jac_rows), trial),
-        "training": _with_trial(training, trial),
-        "curves": _with_trial(pd.DataFrame(curve.rows), trial),
-    }
+    tables = {"final": pd.DataFrame([final]), "init": init_frame, "hist": hist_frame,
+              "jacobian": pd.DataFrame(jac_rows), "training": training, "curves": curve}  # fmt: skip
+    row = row_label(trial["activation"], trial["init"])
+    return {name: with_trial(frame, trial, TRIAL_KEYS, row=row) for name, frame in tables.items()}
 
 
 # ------------------------------------------------------------------------------------------ summaries and claims
 
 
-def layer_factor(depths: Sequence[float], values: Sequence[float]) -> float:
-    """exp(slope) of a least-squares line through ln(values) against depths: the average factor per layer.
-
-    NaN when fewer than two layers, or any value is not a positive finite number.
-    """
-    d = np.asarray(depths, dtype=float)
-    v = np.asarray(values, dtype=float)
-    if len(d) < 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
-        return float("nan")
-    return float(np.exp(np.polyfit(d, np.log(v), 1)[0]))
-
-
 def depth_factors(init: pd.DataFrame) -> pd.DataFrame:
-    """Per trial and kind, the per-layer factor of the variance over the hidden layers, at init (step 0).
+    """Per trial and kind, the per-layer factor of the variance over the hidden layers, at init (step 0):
+    `keras_initkit.study.summary.layer_factors` against the hidden-layer index.
 
     Columns: the trial keys, `row`, `kind`, `factor` (exp(slope), going up towards the output), `factor_down`
-    (its inverse: the factor per layer going down towards the input, Fig 7's direction), `n_layers`.
+    (its inverse: the factor per layer going down towards the input, Fig 7's direction), `n_fit`.
     """
     sel = init[(init["stat"] == "var") & (init["step"] == 0) & init["layer"].str.startswith("hidden_")]
-    rows = []
-    for key, group in sel.groupby([*TRIAL_KEYS, "row", "kind"], sort=True):
-        group = group.sort_values("depth")
-        factor = layer_factor(group["depth"], group["value"])
-        rows.append(
-            {
-                **dict(zip([*TRIAL_KEYS, "row", "kind"], key, strict=True)),
-                "factor": factor,
-                "factor_down": 1.0 / factor,
-                "n_layers": len(group),
-            }
-        )
-    return pd.DataFrame(rows)
+    return layer_factors(sel, [*TRIAL_KEYS, "row", "kind"], x="depth")
 
 
 def choose_lr(final: pd.DataFrame, n_hidden: int | None = None) -> pd.DataFrame:
@@ -564,12 +428,8 @@ def error_table(final: pd.DataFrame, n_hidden: int) -> pd.DataFrame:
     """Long Table 1: per data set and row, test error mean and std over seeds, and the paper's number."""
     sel = final[final["n_hidden"] == n_hidden]
     out = sel.groupby(["dataset", "row", "activation", "init", "lr"], as_index=False).agg(
-        n=("test_err", "size"),
-        test_err_mean=("test_err", "mean"),
-        test_err_std=("test_err", "std"),
-        val_err_mean=("val_err", "mean"),
-        diverged=("diverged", "sum"),
-    )
+        n=("test_err", "size"), test_err_mean=("test_err", "mean"), test_err_std=("test_err", "std"),
+        val_err_mean=("val_err", "mean"), diverged=("diverged", "sum"))  # fmt: skip
     out["paper"] = [PAPER_TABLE1.get(r, {}).get(d, np.nan) for r, d in zip(out["row"], out["dataset"], strict=True)]
     order = {row_label(a, i): k for k, (a, i) in enumerate(TABLE1_ROWS)}
     out["_order"] = out["row"].map(order).fillna(len(order))
@@ -597,16 +457,16 @@ def table1(errors: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _fig2_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of Fig 2's runs: Shapeset, sigmoid, standard init."""
+    return frame[(frame["dataset"] == "shapeset") & (frame["activation"] == "sigmoid") & (frame["init"] == "standard")]
+
+
 def g1_table(training: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
     """Fig 2's figures per sigmoid + standard Shapeset trial: when the top hidden layer's mean activation first
     falls below G1_TOP, its minimum and final value, and the lowest mean of any lower hidden layer."""
-    sel = training[
-        (training["dataset"] == "shapeset")
-        & (training["activation"] == "sigmoid")
-        & (training["init"] == "standard")
-        & (training["kind"] == "activation")
-        & (training["stat"] == "mean")
-    ]
+    sel = _fig2_runs(training)
+    sel = sel[(sel["kind"] == "activation") & (sel["stat"] == "mean")]
     steps = final.set_index(list(TRIAL_KEYS))["steps"]
     rows = []
     for key, group in sel.groupby(list(TRIAL_KEYS), sort=True):
@@ -616,31 +476,21 @@ def g1_table(training: pd.DataFrame, final: pd.DataFrame) -> pd.DataFrame:
         below = top[top["value"] < G1_TOP]
         n_steps = int(steps.get(key, top["step"].max()))
         cross = int(below["step"].iloc[0]) if len(below) else -1
-        rows.append(
-            {
-                **dict(zip(TRIAL_KEYS, key, strict=True)),
-                "steps": n_steps,
-                "top_start": float(top["value"].iloc[0]),
-                "top_early": float(top.loc[top["step"] <= G1_EARLY * n_steps, "value"].iloc[-1]),
-                "top_cross_step": cross,
-                "top_min": float(top["value"].min()),
-                "top_end": float(top["value"].iloc[-1]),
-                "lower_min": float(lower["value"].min()) if len(lower) else float("nan"),
-                "lower_end": float(lower[lower["step"] == lower["step"].max()]["value"].mean())
-                if len(lower)
-                else float("nan"),
-            }
-        )
+        last = lower[lower["step"] == lower["step"].max()]["value"]
+        rows.append({
+            **dict(zip(TRIAL_KEYS, key, strict=True)), "steps": n_steps, "top_start": float(top["value"].iloc[0]),
+            "top_early": float(top.loc[top["step"] <= G1_EARLY * n_steps, "value"].iloc[-1]), "top_cross_step": cross,
+            "top_min": float(top["value"].min()), "top_end": float(top["value"].iloc[-1]),
+            "lower_min": float(lower["value"].min()) if len(lower) else float("nan"),
+            "lower_end": float(last.mean()) if len(lower) else float("nan"),
+        })  # fmt: skip
     return pd.DataFrame(rows)
 
 
 # kinds of the depth-factor summary, and which direction each is read in (Fig 7 reads dC/ds going down)
-FACTOR_COLUMNS = (
-    ("preact", "factor", "preact"),
-    ("activation", "factor", "activation"),
-    ("grad_preact", "factor_down", "grad_preact_down"),
-    ("grad_kernel", "factor", "grad_kernel"),
-)
+FACTOR_COLUMNS = (("preact", "factor", "preact"), ("activation", "factor", "activation"),
+                  ("grad_preact", "factor_down", "grad_preact_down"),
+                  ("grad_kernel", "factor", "grad_kernel"))  # fmt: skip
 
 
 def depth_factor_summary(factors: pd.DataFrame) -> pd.DataFrame:
@@ -658,33 +508,7 @@ def jacobian_summary(jacobian: pd.DataFrame) -> pd.DataFrame:
     return jacobian.groupby([*TRIAL_KEYS, "row"], as_index=False)["mean_sv"].mean()
 
 
-def _spread(values: pd.Series, fmt: str = ".3g") -> str:
-    """mean ± std [min, max] (n): the spread over trials that every "measured" figure reports."""
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return "no trial"
-    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    return f"{np.mean(v):{fmt}} ± {std:{fmt}} [{np.min(v):{fmt}}, {np.max(v):{fmt}}] (n={len(v)})"
-
-
-def _claim(claim: str, status: str, measured: str, paper: str) -> dict:
-    return {
-        "claim": claim,
-        "statement": CLAIMS[claim],
-        "rule": RULES[claim],
-        "measured": measured,
-        "paper": paper,
-        "status": status,
-    }
-
-
-def _se(a: pd.Series, b: pd.Series) -> float:
-    """Standard error of the difference of two means (0 with single seeds)."""
-    var = 0.0
-    for s in (a, b):
-        if len(s) > 1:
-            var += float(np.var(s, ddof=1)) / len(s)
-    return math.sqrt(var)
+_claim = functools.partial(claim_row, CLAIMS, RULES)
 
 
 def claim_g1(g1: pd.DataFrame, g1_hidden: int) -> dict:
@@ -698,26 +522,38 @@ def claim_g1(g1: pd.DataFrame, g1_hidden: int) -> dict:
     cross = fig2["top_cross_step"].where(fig2["top_cross_step"] >= 0)
     n_steps = int(fig2["steps"].max())
     measured = (
-        f"{g1_hidden} hidden layers: top-layer mean {_spread(fig2['top_start'])} at init, "
-        f"{_spread(fig2['top_early'])} after {G1_EARLY:.0%} of the {n_steps} updates, {_spread(fig2['top_end'])} at "
-        f"the end; first < {G1_TOP} after {_spread(cross.dropna(), '.0f')} updates "
-        f"({int(early.sum())}/{len(fig2)} seeds early); lowest mean of a lower layer {_spread(fig2['lower_min'])} "
+        f"{g1_hidden} hidden layers: top-layer mean {spread(fig2['top_start'])} at init, "
+        f"{spread(fig2['top_early'])} after {G1_EARLY:.0%} of the {n_steps} updates, {spread(fig2['top_end'])} at "
+        f"the end; first < {G1_TOP} after {spread(cross.dropna(), '.0f')} updates "
+        f"({int(early.sum())}/{len(fig2)} seeds early); lowest mean of a lower layer {spread(fig2['lower_min'])} "
         f"({int(lower.sum())}/{len(fig2)} seeds >= {G1_LOWER})"
     )
     deep = g1[g1["n_hidden"] == 5] if g1_hidden != 5 and len(g1) else g1.iloc[0:0]
     if len(deep):
         stuck = deep["top_end"] < G1_TOP
         ok = ok and bool(stuck.all())
-        measured += f"; 5 hidden layers: top-layer mean at the end {_spread(deep['top_end'])}"
+        measured += f"; 5 hidden layers: top-layer mean at the end {spread(deep['top_end'])}"
     else:
         measured += "; no 5-hidden-layer run in this profile (that part not tested)"
     paper = "top layer's mean -> ~0 within the first of ~140 epochs of 20k updates; lower layers > 0.5"
     return _claim("G1", "PASS" if ok else "FAIL", measured, paper)
 
 
-def _factor_claim(claim: str, factors: pd.DataFrame, kind: str, column: str, expect: dict[str, str], paper: str):
-    """Per-layer factors of `kind` for the tanh trials: expect[init] is "shrink" (< FACTOR_SPLIT) or "flat"
-    (between FACTOR_SPLIT and 1 / FACTOR_SPLIT)."""
+# the per-layer-factor claims: kind, the factor's direction (Fig 7 reads dC/ds going down), the expected shape per
+# init ("shrink": < FACTOR_SPLIT; "flat": between FACTOR_SPLIT and 1 / FACTOR_SPLIT), and the paper's finding
+FACTOR_CLAIMS = {
+    "G2": ("activation", "factor", {"standard": "shrink", "normalized": "flat"},
+           "shrinks layer by layer (standard); about the same across layers (normalized)"),
+    "G3": ("grad_preact", "factor_down", {"standard": "shrink", "normalized": "flat"},
+           "shrinks towards the input (standard); about constant (normalized)"),
+    "G4": ("grad_kernel", "factor", {"standard": "flat", "normalized": "flat"},
+           "about the same in every layer, both inits"),
+}  # fmt: skip
+
+
+def _factor_claim(claim: str, factors: pd.DataFrame) -> dict:
+    """G2, G3 or G4 from `depth_factors` (FACTOR_CLAIMS; see RULES): the tanh trials' per-layer factors."""
+    kind, column, expect, paper = FACTOR_CLAIMS[claim]
     sel = factors[(factors["activation"] == "tanh") & (factors["kind"] == kind)]
     parts, ok = [], True
     for init, want in expect.items():
@@ -726,41 +562,11 @@ def _factor_claim(claim: str, factors: pd.DataFrame, kind: str, column: str, exp
             return _claim(claim, "N/A", f"no tanh + {init} trial with {kind} variances", paper)
         good = values < FACTOR_SPLIT if want == "shrink" else (values > FACTOR_SPLIT) & (values < 1 / FACTOR_SPLIT)
         ok = ok and bool(good.all())
-        parts.append(f"{init}: rho = {_spread(values)}, {int(good.sum())}/{len(values)} trials {want}")
+        parts.append(f"{init}: rho = {spread(values)}, {int(good.sum())}/{len(values)} trials {want}")
     return _claim(claim, "PASS" if ok else "FAIL", "; ".join(parts), paper)
 
 
-def claim_g2(factors: pd.DataFrame) -> dict:
-    return _factor_claim(
-        "G2",
-        factors,
-        "activation",
-        "factor",
-        {"standard": "shrink", "normalized": "flat"},
-        "shrinks layer by layer (standard); about the same across layers (normalized)",
-    )
-
-
-def claim_g3(factors: pd.DataFrame) -> dict:
-    return _factor_claim(
-        "G3",
-        factors,
-        "grad_preact",
-        "factor_down",
-        {"standard": "shrink", "normalized": "flat"},
-        "shrinks towards the input (standard); about constant (normalized)",
-    )
-
-
-def claim_g4(factors: pd.DataFrame) -> dict:
-    return _factor_claim(
-        "G4",
-        factors,
-        "grad_kernel",
-        "factor",
-        {"standard": "flat", "normalized": "flat"},
-        "about the same in every layer, both inits",
-    )
+claim_g2, claim_g3, claim_g4 = (functools.partial(_factor_claim, claim) for claim in FACTOR_CLAIMS)
 
 
 def claim_g5(jac: pd.DataFrame) -> dict:
@@ -776,7 +582,7 @@ def claim_g5(jac: pd.DataFrame) -> dict:
         close = abs(values.mean() - want) <= G5_TOLERANCE * want
         ok = ok and bool(side.all()) and bool(close)
         parts.append(
-            f"{init}: {_spread(values)}, {int(side.sum())}/{len(values)} trials on its side of {G5_SPLIT:.3f}, "
+            f"{init}: {spread(values)}, {int(side.sum())}/{len(values)} trials on its side of {G5_SPLIT:.3f}, "
             f"mean {'within' if close else 'outside'} {G5_TOLERANCE:.0%} of {want}"
         )
     return _claim("G5", "PASS" if ok else "FAIL", "; ".join(parts), paper)
@@ -803,14 +609,14 @@ def claim_g6(final: pd.DataFrame) -> dict:
         e = {r: _errs(final, d, r) for r in glorot_rows}
         m = {r: float(e[r].mean()) for r in glorot_rows}
         d_tanh = m["Tanh N"] - m["Tanh"]
-        a = -d_tanh > _se(e["Tanh N"], e["Tanh"])
-        worse = [r for r in glorot_rows[1:] if m[r] - m["Sigmoid"] > _se(e[r], e["Sigmoid"])]
+        a = -d_tanh > se_diff(e["Tanh N"], e["Tanh"])
+        worse = [r for r in glorot_rows[1:] if m[r] - m["Sigmoid"] > se_diff(e[r], e["Sigmoid"])]
         b = not worse
         d_soft = m["Softsign N"] - m["Softsign"]
         c = abs(d_soft) < abs(d_tanh)
         ok = ok and a and b and c
         parts.append(
-            f"{d}: (a) Tanh N - Tanh = {d_tanh:+.2f} (SE {_se(e['Tanh N'], e['Tanh']):.2f}) {'ok' if a else 'no'}; "
+            f"{d}: (a) Tanh N - Tanh = {d_tanh:+.2f} (SE {se_diff(e['Tanh N'], e['Tanh']):.2f}) {'ok' if a else 'no'}; "
             f"(b) Sigmoid {m['Sigmoid']:.2f}, worst of {max(m.values()):.2f}"
             + (f", {worse} worse" if worse else "")
             + f" {'ok' if b else 'no'}; (c) |Softsign N - Softsign| = {abs(d_soft):.2f} vs {abs(d_tanh):.2f} "
@@ -823,24 +629,20 @@ def claim_g7(factors: pd.DataFrame, final: pd.DataFrame) -> dict:
     """G7 (see RULES["G7"])."""
     paper = "He et al. 2015: Var(preact) constant over depth with 2/n; ReLU trains (Table 1 has no ReLU row)"
     pre = factors.loc[(factors["row"] == "ReLU He") & (factors["kind"] == "preact"), "factor"] if len(factors) else []
-    datasets = [
-        d
-        for d in dict.fromkeys(final["dataset"])
-        if len(_errs(final, d, "ReLU He")) and len(_errs(final, d, "Sigmoid"))
-    ]
-    if len(pre) == 0 or not datasets:
+    both = [d for d in dict.fromkeys(final["dataset"]) if all(len(_errs(final, d, r)) for r in ("ReLU He", "Sigmoid"))]
+    if len(pre) == 0 or not both:
         return _claim("G7", "N/A", "no ReLU He trial, or no data set with both ReLU He and Sigmoid", paper)
     flat = (pre > FACTOR_SPLIT) & (pre < 1 / FACTOR_SPLIT)
     ok = bool(flat.all())
-    parts = [f"(a) ReLU He Var(preact) rho = {_spread(pre)}, {int(flat.sum())}/{len(pre)} trials flat"]
-    for d in datasets:
+    parts = [f"(a) ReLU He Var(preact) rho = {spread(pre)}, {int(flat.sum())}/{len(pre)} trials flat"]
+    for d in both:
         relu, sig = _errs(final, d, "ReLU He"), _errs(final, d, "Sigmoid")
         diff = float(relu.mean() - sig.mean())
-        good = -diff > _se(relu, sig)
+        good = -diff > se_diff(relu, sig)
         ok = ok and good
         parts.append(
             f"(b) {d}: ReLU He {relu.mean():.2f} vs Sigmoid {sig.mean():.2f} % (diff {diff:+.2f}, SE "
-            f"{_se(relu, sig):.2f}) {'ok' if good else 'no'}"
+            f"{se_diff(relu, sig):.2f}) {'ok' if good else 'no'}"
         )
     return _claim("G7", "PASS" if ok else "FAIL", "; ".join(parts), paper)
 
@@ -866,29 +668,21 @@ def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.Data
         trials=("test_err", "size"), steps=("steps", "max"), wall_s_mean=("wall_s", "mean"),
         cpu_s_mean=("cpu_s", "mean"), cpu_s_total=("cpu_s", "sum"))  # fmt: skip
     missing = [d for d in cfg.datasets if d not in set(final["dataset"])]
-    claims = pd.DataFrame(
-        [
-            claim_g1(g1, cfg.g1_hidden),
-            claim_g2(factors),
-            claim_g3(factors),
-            claim_g4(factors),
-            claim_g5(jac),
-            claim_g6(main),
-            claim_g7(factors, main),
-        ]
-    )
+    claims = pd.DataFrame([claim_g1(g1, cfg.g1_hidden), claim_g2(factors), claim_g3(factors), claim_g4(factors),
+                           claim_g5(jac), claim_g6(main), claim_g7(factors, main)])  # fmt: skip
     if missing:
         claims["measured"] = claims["measured"] + f" (data sets absent here, not run: {', '.join(missing)})"
-    return {
-        "table1": table1(errors),
-        "errors": errors,
-        "lr_choice": lr_choice,
-        "depth_factors": factor_summary,
-        "singular_values": jac_summary,
-        "g1": g1,
-        "cost": cost,
-        "claims": claims,
-    }
+    return {"table1": table1(errors), "errors": errors, "lr_choice": lr_choice, "depth_factors": factor_summary,
+            "singular_values": jac_summary, "g1": g1, "cost": cost, "claims": claims}  # fmt: skip
+
+
+def run(cfg: Config) -> dict[str, pd.DataFrame]:
+    """Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."""
+    import sys
+
+    from keras_initkit.study.runner import run_in_process
+
+    return run_in_process(sys.modules[__name__], cfg)
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -899,6 +693,13 @@ ROW_ORDER = tuple(row_label(a, i) for a, i in TABLE1_ROWS)
 def _rows_in(frame: pd.DataFrame) -> list[str]:
     present = set(frame["row"])
     return [r for r in ROW_ORDER if r in present] + sorted(present - set(ROW_ORDER))
+
+
+def _palette(frame: pd.DataFrame) -> dict:
+    """Row -> colour (`keras_initkit.plots.palette` over Table 1's rows, then any other): the same in every figure."""
+    from keras_initkit.plots import palette
+
+    return palette([*ROW_ORDER, *(r for r in _rows_in(frame) if r not in ROW_ORDER)])
 
 
 def _chosen(frame: pd.DataFrame, summary: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -914,18 +715,12 @@ def _datasets_in(frame: pd.DataFrame) -> list[str]:
     return [d for d in PAPER_DATASETS if d in present] + [d for d in present if d not in PAPER_DATASETS]
 
 
-def _main_dataset(frame: pd.DataFrame) -> str:
-    return _datasets_in(frame)[0]
-
-
 def _fig2(training: pd.DataFrame):
     """Fig 2: mean (line) and std (band) of each hidden layer's sigmoid outputs over training, mean over seeds;
     one panel per depth of net (4: Fig 2; 5 where the profile runs it)."""
     from keras_initkit.plots import stat_over_training
 
-    sel = training[
-        (training["dataset"] == "shapeset") & (training["activation"] == "sigmoid") & (training["init"] == "standard")
-    ]
+    sel = _fig2_runs(training)
     fig = stat_over_training(
         sel, kind="activation", center="mean", spread="std", col="n_hidden",
         title=f"Fig 2: sigmoid, standard init, {sel['seed'].nunique()} seeds",
@@ -942,7 +737,7 @@ def _histograms(hist: pd.DataFrame, kind: str, title: str):
     """Figs 6-8: per-layer histograms (density) at init, tanh, standard vs normalized init, the first seed."""
     from keras_initkit.plots import layer_histograms
 
-    dataset = _main_dataset(hist)
+    dataset = _datasets_in(hist)[0]
     sel = hist[(hist["dataset"] == dataset) & (hist["activation"] == "tanh") & (hist["kind"] == kind)]
     sel = sel[sel["seed"] == sel["seed"].min()].copy()  # the bins of dC/ds and dC/dW differ from seed to seed
     # a density (fraction / bin width): the layers' bins have different widths for the gradient kinds
@@ -961,13 +756,6 @@ VARIANCE_FIGURES = (
     ("grad_kernel", "Var(dC/dW) per hidden layer at init (G4, Fig 8); mean and range over seeds"),
     ("preact", "Var(s) per hidden layer at init (G7 for ReLU He); mean and range over seeds"),
 )
-
-
-def _variance_vs_depth(init: pd.DataFrame, kind: str, title: str):
-    """Variance of one kind per hidden layer at init, per row, one panel per data set (mean, range over seeds)."""
-    from keras_initkit.plots import variance_vs_depth
-
-    return variance_vs_depth(init, kind=kind, hue="row", col="dataset", step=0, errorbar=("pi", 100), title=title)
 
 
 def _jacobian(jac: pd.DataFrame):
@@ -1013,20 +801,10 @@ def _error_table(errors: pd.DataFrame):
     return fig
 
 
-def _curves(curves: pd.DataFrame):
-    """Validation error over training per row (mean and sd over seeds)."""
-    import seaborn as sns
-
-    grid = sns.relplot(data=curves, x="step", y="val_err", hue="row", hue_order=_rows_in(curves), col="dataset",
-                       col_order=_datasets_in(curves), kind="line", errorbar=("pi", 100), height=3.2, aspect=1.2,
-                       facet_kws={"sharex": False})  # fmt: skip
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("SGD updates", "validation error %")
-    return grid.figure
-
-
 def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> dict:
     """The figures, drawn from the saved raw tables and summaries only (never retrains)."""
+    from keras_initkit.plots import learning_curves, variance_vs_depth
+
     figures = {}
     training = _chosen(tables.get("training", pd.DataFrame()), summary)
     if len(training):
@@ -1037,27 +815,22 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
         figures["fig7_backprop_gradient_histograms"] = _histograms(hist, "grad_preact", "Fig 7: back-propagated dC/ds")
         figures["fig8_weight_gradient_histograms"] = _histograms(hist, "grad_kernel", "Fig 8: weight gradients dC/dW")
     init = _chosen(tables.get("init", pd.DataFrame()), summary)
-    if len(init):
-        for kind, title in VARIANCE_FIGURES:
-            figures[f"variance_{kind}"] = _variance_vs_depth(init, kind, title)
+    for kind, title in VARIANCE_FIGURES if len(init) else ():  # per row, a panel per data set; range over seeds
+        figures[f"variance_{kind}"] = variance_vs_depth(
+            init, kind=kind, hue="row", col="dataset", step=0, errorbar=("pi", 100), title=title,
+            palette=_palette(init))  # fmt: skip
     jac = _chosen(tables.get("jacobian", pd.DataFrame()), summary)
     if len(jac):
         figures["jacobian_singular_values"] = _jacobian(jac)
     if len(summary.get("errors", [])):
         figures["table1_test_error"] = _error_table(summary["errors"])
     curves = _chosen(tables.get("curves", pd.DataFrame()), summary)
-    if len(curves):
-        figures["learning_curves"] = _curves(curves)
+    if len(curves):  # validation error per row: mean line, min-max band over seeds
+        figures["learning_curves"] = learning_curves(
+            curves, "val_err", hue="row", col="dataset", hue_order=_rows_in(curves), col_order=_datasets_in(curves),
+            palette=_palette(curves), col_label="{level}", xlabel="SGD updates",
+            ylabel="validation error %")  # fmt: skip
     return figures
-
-
-def run(cfg: Config) -> dict[str, pd.DataFrame]:
-    """Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."""
-    import sys
-
-    from keras_initkit.study.runner import run_in_process
-
-    return run_in_process(sys.modules[__name__], cfg)
 
 
 def main(argv=None) -> int:

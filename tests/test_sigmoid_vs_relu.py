@@ -1,5 +1,5 @@
 """Tests of studies/sigmoid_vs_relu.py: the Jacobian helper against hand computations, the claim rules on synthetic
-tables (PASS and FAIL), the grid, and a tiny Config end to end through run(cfg)."""
+tables (PASS and FAIL), the grid, and the SMOKE profile end to end through run(cfg) and the runner."""
 
 import dataclasses
 import json
@@ -74,11 +74,28 @@ def test_jacobian_rejects_a_bad_input_shape():
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def test_layer_factor_is_the_geometric_factor_per_layer():
-    assert study.layer_factor([0, 1, 2, 3], [1.0, 1 / 3, 1 / 9, 1 / 27]) == pytest.approx(1 / 3)
-    assert study.layer_factor([0, 1, 2], [2.0, 2.0, 2.0]) == pytest.approx(1.0)
-    assert math.isnan(study.layer_factor([0], [1.0]))
-    assert math.isnan(study.layer_factor([0, 1], [1.0, 0.0]))
+def _init_rows(variances: list[float], kind: str = "activation") -> pd.DataFrame:
+    """A monitor's at-init table of one tanh trial: Var per hidden layer (depth 0, 1, ...), plus rows depth_factors
+    must leave out: another stat, a later step, the output layer."""
+    trial = {"dataset": "d", "activation": "tanh", "init": "standard", "lr": 0.1, "n_hidden": len(variances), "seed": 0,
+             "row": "Tanh"}  # fmt: skip
+    rows = [{"layer": f"hidden_{i + 1}", "depth": i, "kind": kind, "stat": "var", "step": 0, "value": v}
+            for i, v in enumerate(variances)]  # fmt: skip
+    n = len(variances)
+    rows += [{"layer": "hidden_1", "depth": 0, "kind": kind, "stat": "std", "step": 0, "value": 100.0},
+             {"layer": "hidden_2", "depth": 1, "kind": kind, "stat": "var", "step": 100, "value": 100.0},
+             {"layer": "output", "depth": n, "kind": kind, "stat": "var", "step": 0, "value": 100.0}]  # fmt: skip
+    return pd.DataFrame([{**r, **trial} for r in rows])
+
+
+def test_depth_factors_is_the_geometric_factor_per_hidden_layer_at_init():
+    out = study.depth_factors(_init_rows([1.0, 1 / 3, 1 / 9, 1 / 27]))
+    assert len(out) == 1 and set(study.TRIAL_KEYS) <= set(out.columns)
+    assert out.at[0, "factor"] == pytest.approx(1 / 3) and out.at[0, "factor_down"] == pytest.approx(3.0)
+    assert study.depth_factors(_init_rows([2.0, 2.0, 2.0])).at[0, "factor"] == pytest.approx(1.0)
+    # the package's one rule: a non-positive variance is left out of the fit; NaN when fewer than two remain
+    assert study.depth_factors(_init_rows([1.0, 1 / 3, 0.0, 1 / 27])).at[0, "factor"] == pytest.approx(1 / 3)
+    assert math.isnan(study.depth_factors(_init_rows([1.0, 0.0])).at[0, "factor"])
 
 
 def test_row_labels_follow_table_1():
@@ -278,59 +295,47 @@ def test_bad_configs_raise_naming_the_field(change, match):
 
 # ------------------------------------------------------------------------------------------------ end to end
 
-TINY = study.Config(
-    datasets=("shapeset",),
-    rows=(("sigmoid", "standard"), ("tanh", "standard"), ("tanh", "normalized")),
-    seeds=(0,),
-    n_hidden=3,
-    width=16,
-    g1_hidden=3,
-    steps=(("shapeset", 40),),
-    n_train=200,
-    n_val=40,
-    n_test=50,
-    n_stats=30,
-    n_jacobian=4,
-    record_every=20,
-    bins=8,
-)
+SMOKE = study.SMOKE  # the whole pipeline in seconds
+SMOKE_TRIALS = len(study.trials(SMOKE))
 
 
-def test_tiny_config_end_to_end():
+def test_smoke_profile_end_to_end():
+    assert study.PROFILES["smoke"] is SMOKE
+    assert SMOKE_TRIALS == len(SMOKE.rows) == 6 and SMOKE.n_hidden == SMOKE.g1_hidden  # a handful, every claim
     keras.utils.set_random_seed(0)
-    out = study.run(TINY)
+    out = study.run(SMOKE)
     final = out["final"]
-    assert len(final) == 3 and final["test_err"].between(0, 100).all() and (final["steps"] == 40).all()
+    steps = dict(SMOKE.steps)["shapeset"]
+    assert len(final) == SMOKE_TRIALS and final["test_err"].between(0, 100).all() and (final["steps"] == steps).all()
     for name in ("final", "init", "hist", "jacobian", "training", "curves"):
         assert set(study.TRIAL_KEYS) <= set(out[name].columns), name
     init = out["init"]
     assert {"preact", "activation", "grad_preact", "grad_kernel"} <= set(init["kind"])
-    assert set(init["layer"]) == {"hidden_1", "hidden_2", "hidden_3"}
+    assert set(init["layer"]) == {f"hidden_{i + 1}" for i in range(SMOKE.n_hidden)}
     assert set(out["hist"]["kind"]) == set(study.HIST_KINDS)
     # the histogram of each tensor sums to 1 (every element falls in a bin at init)
     sums = out["hist"].groupby(["row", "layer", "kind"])["value"].sum()
     np.testing.assert_allclose(sums, 1.0, atol=1e-4)
-    assert sorted(out["jacobian"]["depth"].unique()) == [1, 2]
+    assert sorted(out["jacobian"]["depth"].unique()) == list(range(1, SMOKE.n_hidden))
     assert (out["jacobian"]["mean_sv"] > 0).all()
-    assert sorted(out["training"]["step"].unique()) == [0, 20, 40]
-    assert list(out["curves"]["step"].unique()) == [20, 40]
+    assert sorted(out["training"]["step"].unique()) == list(range(0, steps + 1, SMOKE.record_every))
+    assert list(out["curves"]["step"].unique()) == list(range(SMOKE.record_every, steps + 1, SMOKE.record_every))
     # the standard init's variance shrinks layer by layer at this tiny width too (n Var(W) = 1/3)
     factors = out["depth_factors"].set_index("row")["activation"]
     assert factors["Tanh"] < factors["Tanh N"]
     claims = out["claims"].set_index("claim")
     assert list(claims.index) == [f"G{i}" for i in range(1, 8)]
     assert set(claims["status"]) <= {"PASS", "FAIL", "N/A"}
-    assert claims.at["G1", "status"] != "N/A" and claims.at["G5", "status"] != "N/A"
-    assert claims.at["G6", "status"] == "N/A" and claims.at["G7", "status"] == "N/A"  # rows not in this grid
-    assert set(out["table1"]["row"]) == {"Sigmoid", "Tanh", "Tanh N"}
+    assert "N/A" not in set(claims["status"])  # every row of Table 1 is in the grid: every claim is tested
+    assert list(out["table1"]["row"]) == ["Sigmoid", "Tanh", "Tanh N", "Softsign", "Softsign N", "ReLU He"]
 
 
-def test_tiny_config_through_the_runner_writes_report_and_figures(tmp_path):
+def test_smoke_profile_through_the_runner_writes_report_and_figures(tmp_path):
     from keras_initkit.study import run_study
 
-    result = run_study(study, cfg=TINY, profile="quick", out_dir=tmp_path, progress=False)
-    root = tmp_path / study.NAME / "quick"
-    assert result.counts["ok"] == 3
+    result = run_study(study, profile="smoke", out_dir=tmp_path, progress=False)
+    root = tmp_path / study.NAME / "smoke"
+    assert result.counts["ok"] == SMOKE_TRIALS
     report = (root / "REPORT.md").read_text()
     for claim in study.CLAIMS:
         assert f"| {claim} " in report
@@ -349,9 +354,9 @@ def test_tiny_config_through_the_runner_writes_report_and_figures(tmp_path):
     raw = {p.stem: pd.read_parquet(p) for p in (root / "raw").glob("*.parquet")}
     trials = sorted((root / "trials").iterdir())
     shutil.rmtree(trials[0])
-    again = run_study(study, cfg=TINY, profile="quick", out_dir=tmp_path, engine="process", jobs=2, progress=False)
-    assert again.counts["ok"] == 3
-    assert json.loads((root / "meta.json").read_text())["trials"]["resumed"] == 2
+    again = run_study(study, profile="smoke", out_dir=tmp_path, engine="process", jobs=2, progress=False)
+    assert again.counts["ok"] == SMOKE_TRIALS
+    assert json.loads((root / "meta.json").read_text())["trials"]["resumed"] == SMOKE_TRIALS - 1
     for name, frame in raw.items():
         back = pd.read_parquet(root / "raw" / f"{name}.parquet")
         timing = [c for c in frame.columns if c.endswith("wall_s") or c.endswith("cpu_s")]
