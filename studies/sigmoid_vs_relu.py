@@ -55,11 +55,10 @@ import time
 import keras
 import numpy as np
 import pandas as pd
-import threadpoolctl  # a scikit-learn dependency
 
 from keras_initkit.study.data import load_data
 from keras_initkit.study.grid import derive_seed
-from keras_initkit.study.metrics import error_percent
+from keras_initkit.study.metrics import error_percent, jacobian_singular_values
 from keras_initkit.study.models import build_mlp, weight_layers
 from keras_initkit.study.summary import claim_row, layer_factors, se_diff, spread, with_trial
 from keras_initkit.study.training import compile_sgd, fit_curve
@@ -278,57 +277,6 @@ def _splits(cfg: Config, name: str) -> dict[str, np.ndarray]:
     return {"x_train": x_train[:-n_val], "y_train": data.y_train[:-n_val], "x_val": x_train[-n_val:],
             "y_val": data.y_train[-n_val:], "x_test": data.x_test.reshape(len(data.x_test), -1), "y_test": data.y_test,
             "num_classes": data.num_classes}  # fmt: skip
-
-
-@functools.lru_cache(maxsize=16)
-def _dense_jacobian_fn(activation):
-    """A traced batch_jacobian of z -> activation(z W + b), reused by every Dense layer with this activation (tracing
-    TensorFlow's pfor once per activation and shape instead of once per layer)."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def jacobian(z, kernel, bias):
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            out = activation(tf.matmul(z, kernel) + bias)
-        return tape.batch_jacobian(out, z)
-
-    return jacobian
-
-
-def jacobian_singular_values(layer, inputs) -> np.ndarray:
-    """Singular values of the Jacobian d layer(z) / dz at each row z of `inputs`, shape (batch, min(in, out)).
-
-    Computed with automatic differentiation (TensorFlow's GradientTape.batch_jacobian, or JAX's jacrev under that
-    backend). For a linear layer z -> z W + b they are the singular values of W, for every row.
-    """
-    z = np.asarray(inputs, dtype="float32")
-    if z.ndim != 2:
-        raise ValueError(f"`inputs` must be a (batch, features) array. Received: shape={z.shape}")
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        zt = tf.convert_to_tensor(z)
-        if isinstance(layer, keras.layers.Dense) and layer.built:
-            # tensors, not variables, as arguments: one trace serves every layer of the same shapes
-            kernel = tf.convert_to_tensor(layer.kernel)
-            bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else tf.zeros((layer.units,), zt.dtype)
-            jac = _dense_jacobian_fn(layer.activation)(zt, kernel, bias).numpy()
-        else:
-            with tf.GradientTape() as tape:
-                tape.watch(zt)
-                out = layer(zt)
-            jac = tape.batch_jacobian(out, zt).numpy()
-    elif backend == "jax":
-        import jax
-
-        jac = np.asarray(jax.vmap(jax.jacrev(lambda v: layer(v[None])[0]))(z))
-    else:
-        raise ValueError(f"the Keras backend must be 'tensorflow' or 'jax'. Received: backend={backend!r}")
-    # One BLAS thread: next to TensorFlow's thread pools, a multi-threaded OpenBLAS SVD can take seconds.
-    with threadpoolctl.threadpool_limits(1):
-        return np.linalg.svd(jac.astype("float64"), compute_uv=False)
 
 
 def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:

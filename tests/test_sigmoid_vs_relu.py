@@ -11,66 +11,6 @@ import pandas as pd
 import pytest
 from keras_initkit.studies import sigmoid_vs_relu as study
 
-from keras_initkit import GlorotAvg, StandardUniform
-
-# ------------------------------------------------------------------------------------------------ the Jacobian
-
-
-def _dense(n_in, n_out, activation=None, init=None, bias=0.0):
-    layer = keras.layers.Dense(n_out, activation=activation, kernel_initializer=init or GlorotAvg(seed=3))
-    layer.build((None, n_in))
-    layer.bias.assign(np.full((n_out,), bias, dtype="float32"))
-    return layer
-
-
-def test_jacobian_of_a_linear_layer_is_the_kernel():
-    layer = _dense(7, 5, bias=0.3)
-    z = np.random.default_rng(0).normal(size=(4, 7)).astype("float32")
-    sv = study.jacobian_singular_values(layer, z)
-    expected = np.linalg.svd(keras.ops.convert_to_numpy(layer.kernel).astype("float64"), compute_uv=False)
-    assert sv.shape == (4, 5)
-    for row in sv:  # the same for every input: the map is affine
-        np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_jacobian_of_a_tanh_layer_matches_the_hand_formula():
-    # z -> tanh(z W + b): J = diag(1 - tanh(s)^2) W^T, s = z W + b
-    layer = _dense(6, 6, activation="tanh", bias=-0.2)
-    z = np.random.default_rng(1).normal(size=(3, 6)).astype("float32")
-    w = keras.ops.convert_to_numpy(layer.kernel).astype("float64")
-    s = z.astype("float64") @ w - 0.2
-    sv = study.jacobian_singular_values(layer, z)
-    for i in range(3):
-        jac = np.diag(1.0 - np.tanh(s[i]) ** 2) @ w.T
-        np.testing.assert_allclose(sv[i], np.linalg.svd(jac, compute_uv=False), rtol=1e-4, atol=1e-6)
-
-
-def test_jacobian_generic_path_agrees_with_the_dense_path():
-    layer = _dense(5, 4, activation="softsign", bias=0.1)
-    z = np.random.default_rng(2).normal(size=(2, 5)).astype("float32")
-    wrapped = keras.Sequential([keras.Input((5,)), layer])  # not a Dense: the generic GradientTape path
-    np.testing.assert_allclose(
-        study.jacobian_singular_values(wrapped, z), study.jacobian_singular_values(layer, z), rtol=1e-5, atol=1e-6
-    )
-
-
-def test_mean_singular_value_of_standard_init_follows_the_quarter_circle_law():
-    # A square n x n matrix with iid entries of variance sigma^2 has mean singular value -> 8/(3 pi) sigma sqrt(n);
-    # standard init: n Var(W) = 1/3, so ~0.49 (Glorot & Bengio report ~0.5 with tanh, whose slope is ~1 near 0).
-    n = 400
-    layer = _dense(n, n, init=StandardUniform(seed=5))
-    sv = study.jacobian_singular_values(layer, np.zeros((1, n), "float32"))
-    assert sv.mean() == pytest.approx(8 / (3 * math.pi) / math.sqrt(3), rel=0.03)
-    layer = _dense(n, n, init=GlorotAvg(seed=5))
-    sv = study.jacobian_singular_values(layer, np.zeros((1, n), "float32"))
-    assert sv.mean() == pytest.approx(8 / (3 * math.pi), rel=0.03)
-
-
-def test_jacobian_rejects_a_bad_input_shape():
-    with pytest.raises(ValueError, match="inputs"):
-        study.jacobian_singular_values(_dense(3, 3), np.zeros((3,), "float32"))
-
-
 # ------------------------------------------------------------------------------------------------ helpers
 
 
