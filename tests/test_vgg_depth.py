@@ -156,6 +156,14 @@ def test_check_config_errors():
         v.trials(dataclasses.replace(v.QUICK, train_cells=((31, "he_fan_in"),)))
     with pytest.raises(ValueError, match="recipe_depth"):
         v.trials(dataclasses.replace(v.QUICK, recipe_depth=3))
+    for field, value, rule in [
+        ("seeds", (), "must not be empty"),
+        ("recipe_fills", ("he",), "must be names from"),
+        ("depths", (1, 8), "must be >= len"),
+        ("recipe_copy_convs", 3, "must be in \\[0, 2\\]"),
+    ]:
+        with pytest.raises(ValueError, match=f"`{field}` {rule}.*Received: {field}="):
+            v.trials(dataclasses.replace(v.QUICK, **{field: value}))
     with pytest.raises(ValueError, match="part"):
         v.run_trial(v.QUICK, {"part": "nope", "n_layers": 8, "init": "he_fan_in", "seed": 0, "steps": 0})
 
