@@ -1,51 +1,52 @@
 """VGG depth x init: He, Zhang, Ren & Sun 2015, "Delving Deep into Rectifiers", with Simonyan & Zisserman 2014 (VGG).
 
 Why VGG needed stage-wise pre-training and why He init made it unnecessary, on plain VGG-style ReLU conv nets (3x3
-"same" convolutions, max-pools between stages, a dense head, no batch norm, no residuals) of depth 8 to 30:
-- At initialization (claims H1, H4): per-layer variance of the pre-activations going up and of the back-propagated
+"same" convolutions, max-pools between stages, a dense head, no batch norm, no residuals) of 8 to 30 weight layers:
+- At initialization (H1, H4): per-layer variance of the pre-activations going up and of the back-propagated
   gradients dC/ds going down, measured on a probe batch with `VarianceMonitor` beside `theory.predict_variance`:
   halving per layer under GlorotFanIn (He's "Xavier", Var(W) = 1/n), constant under He (2/n), collapsing under VGG's
   fixed N(0, 0.01); the early-layer gradient of the fixed-std net against He's (paper: 1/(1.7e4) for VGG B).
-- Training (H2, H3; He et al. Fig 2 and 3): loss curves per depth x init, steps to a loss threshold, and "stalled"
-  (loss still within 2% of ln K at the end of the budget), both defined before any run.
+- Training (H2, H3; He et al. Fig 2 and 3): loss curves per n_layers x init, steps to a loss threshold, and
+  "stalled" (loss still within 2% of ln K at the end of the budget), both defined before any run.
 - The VGG recipe (Simonyan & Zisserman 3.1): train a shallow net A from N(0, 0.01), copy its first conv layers and
   its dense head into a deeper net, draw the other layers at random, train; against He init from scratch.
 
-The QUICK setup (2 CPU cores, minutes), chosen once for every depth and init, never tuned per init:
+Tables: `n_layers` is a net's number of weight layers; `depth` is the monitored layer's index (the monitor's).
+
+The QUICK setup (2 CPU cores, minutes), chosen once for every net and init, never tuned per init:
 - Data: scikit-learn's 8x8 digits (10 classes, ln K = 2.303). One conv stage of width 32, no pool: pooled to 4x4,
   zero padding would cut about a third of each later 3x3 conv's fan-in. Even at 8x8 the border costs He's forward
   variance about 10% per layer, which `theory.predict_variance` (border-aware) predicts: He's measured per-layer
   factor is ~0.89, not 1, and GlorotFanIn's ~0.46, not 0.5.
 - Head: Flatten + one Dense classifier (a global-average-pooling head stalled even He nets in a trial run); SGD
   learning rate 3e-3, momentum 0.9, batch 32; 400 updates; threshold 0.5 on the mean loss of a 10-update chunk.
-- With a single width, GlorotAvg equals GlorotFanIn and He fan_out equals He fan_in on every layer but the first
-  conv and the classifier.
+  With a single width, GlorotAvg equals GlorotFanIn and He fan_out equals He fan_in but at the first conv and the
+  classifier.
 - Width 32 makes VGG's std 0.01 far harsher than in VGG: 1/2 n Var(W) = 0.0144 per layer here, 0.03-0.23 for VGG's
   64-512 channels (whose inputs were raw pixel values, std ~60). So H4's gradient ratio is ~1e-11, not 1/1.7e4, and
   8-layer N(0, 0.01) nets already stall: in trial runs (learning rates 3e-3 and 1e-2) only 3-layer ones left
   chance loss within a few hundred updates. Net A of the recipe therefore has 3 layers (2 convs + classifier); the
   deeper net (14 layers) gets A's 2 convs and classifier, and its other layers either N(0, 0.01) as in S&Z, or He.
-- Economy: every cell is measured at init in 3 seeds; the claims' cells (and He at the recipe's depth) are trained
-  in 3 seeds, the rest of the steps-to-threshold map (depths 8 and 14, He fan_out at 22 and 30) in seed 0 only;
-  GlorotAvg and FixedNormal at 22 layers and GlorotAvg at 30 are measured at init only. A net stops training once
-  it reaches the threshold; stalled nets run the whole budget.
+- Economy: every cell is measured at init in 3 seeds; the claims' cells (and He at the recipe's n_layers) are
+  trained in 3 seeds, the rest of the steps-to-threshold map (8 and 14 layers, He fan_out at 22 and 30) in seed 0
+  only; GlorotAvg and FixedNormal at 22 layers and GlorotAvg at 30 are measured at init only. A net stops training
+  once it reaches the threshold; stalled nets run the whole budget.
 
 PAPER: CIFAR-10 (Shapeset 32x32 when the CIFAR-10 files are absent), VGG widths 64-512 in 4 stages, 3 dense
-layers, depths 8-30 with VGG A (11) and E (19), S&Z's SGD (learning rate 1e-2, momentum 0.9, weight decay 5e-4),
-batch 128, 20 epochs, every cell in 3 seeds; the recipe with S&Z's A (11 layers) into 19 layers, 4 convs copied.
+layers, 8-30 weight layers with VGG A (11) and E (19), S&Z's SGD (learning rate 1e-2, momentum 0.9, weight decay
+5e-4), batch 128, 20 epochs, every cell in 3 seeds; the recipe with S&Z's A (11 layers) into 19 layers, 4 convs
+copied. SMOKE: the whole pipeline (tables, claims, figures, report) in seconds: 4-layer nets of width 8, one seed.
 
-SMOKE: the whole pipeline (tables, claims, figures, report) in seconds: 4-layer nets of width 8, one seed, 20 updates.
-
-Run: `make study-vgg` (the QUICK profile) or
-`python -m keras_initkit.study.cli vgg_depth --profile quick|paper|smoke [--engine process --jobs 2]`.
-Results: results/vgg_depth/<profile>/, and the QUICK report in docs/results/vgg_depth/REPORT.md.
-The nets and the recipe's copy are `keras_initkit.study.models.build_vgg` and `transfer_layers`.
+Run: `make study-vgg` (QUICK) or `python -m keras_initkit.study.cli vgg_depth --profile quick|paper|smoke
+[--engine process --jobs 2]`; results in results/vgg_depth/<profile>/, the QUICK report in
+docs/results/vgg_depth/REPORT.md. The nets: `keras_initkit.study.models.build_vgg`, `transfer_layers`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import time
 
@@ -74,14 +75,9 @@ CLAIMS = {
 }
 
 # Initializations of the grid: name -> label. "fixed" is VGG's N(0, std^2) with std = Config.fixed_std.
-INITS = ("fixed", "glorot_fan_in", "glorot_avg", "he_fan_in", "he_fan_out")
-INIT_LABELS = {
-    "fixed": "FixedNormal",
-    "glorot_fan_in": "GlorotFanIn",
-    "glorot_avg": "GlorotAvg",
-    "he_fan_in": "He fan_in",
-    "he_fan_out": "He fan_out",
-}
+INIT_LABELS = {"fixed": "FixedNormal", "glorot_fan_in": "GlorotFanIn", "glorot_avg": "GlorotAvg",
+               "he_fan_in": "He fan_in", "he_fan_out": "He fan_out"}  # fmt: skip
+INITS = tuple(INIT_LABELS)
 
 # Thresholds of the rules, fixed before any result was seen. The per-layer factor rho of a variance is exp(slope) of
 # a least-squares line through ln Var against the layer index: the average factor per layer. He et al.'s Eq 7
@@ -92,8 +88,7 @@ FLAT_LOW, FLAT_HIGH = 2.0**-0.5, 2.0**0.5
 STALL_FRACTION = 0.02  # "stalled": the final loss is within 2% of ln K (chance) ...
 TAIL_FRACTION = 0.1  # ... where the final loss is the mean over the last 10% of the updates
 H4_MAX_RATIO = 1e-2  # "orders of magnitude smaller": the early-layer gradient std ratio is below 1/100
-# UNDERFLOW (keras_initkit.study.summary, 1e-30): a float32 variance at or below it has lost its precision (the
-# squares underflow): left out of the fits
+# UNDERFLOW (keras_initkit.study.summary, 1e-30): a float32 variance at or below it is left out of the fits
 PAPER_H4 = 1.0 / 1.7e4
 
 RULES = {
@@ -125,11 +120,11 @@ class Config:
     n_test: int | None = None
     # image side for Shapeset (the other data sets have a fixed size)
     size: int = 32
-    # net depths: weight layers, convolutions + dense layers (He et al.'s 30 = 27 conv + 3 fc; VGG A = 11)
+    # the nets' n_layers: weight layers, convolutions + dense layers (He et al.'s 30 = 27 conv + 3 fc; VGG A = 11)
     depths: tuple[int, ...] = (8, 14, 22, 30)
     # initializations, names from INITS
     inits: tuple[str, ...] = INITS
-    # one trial per (depth, init, seed); every layer's initializer seed and the data order derive from the seed
+    # one trial per (n_layers, init, seed); every layer's initializer seed and the data order derive from the seed
     seeds: tuple[int, ...] = (0, 1, 2)
     # std of VGG's fixed Gaussian ("fixed"), the same for every layer
     fixed_std: float = 0.01
@@ -141,7 +136,7 @@ class Config:
     fc_layers: int = 1
     # units of the hidden dense layers (when fc_layers > 1)
     fc_width: int = 64
-    # (depth, init) cells trained in every seed: the claims' cells, and He at the recipe's depth (None: every cell)
+    # (n_layers, init) cells trained in every seed: the claims' cells and He at recipe_depth (None: every cell)
     train_cells: tuple[tuple[int, str], ...] | None = (
         (30, "he_fan_in"),
         (30, "glorot_fan_in"),
@@ -150,7 +145,7 @@ class Config:
         (22, "glorot_fan_in"),
         (14, "he_fan_in"),
     )
-    # (depth, init) cells trained in the first seed only, to fill the steps-to-threshold map (None: every other
+    # (n_layers, init) cells trained in the first seed only, to fill the steps-to-threshold map (None: every other
     # cell); the cells in neither list are measured at init only (all cells are)
     extra_cells: tuple[tuple[int, str], ...] | None = (
         *((8, i) for i in INITS),
@@ -165,7 +160,7 @@ class Config:
     steps: int = 400
     # mini-batch size
     batch_size: int = 32
-    # SGD learning rate, momentum, weight decay: one setting for every depth and init, never tuned per init
+    # SGD learning rate, momentum, weight decay: one setting for every net and init, never tuned per init
     learning_rate: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -175,13 +170,13 @@ class Config:
     record_every: int = 10
     # training examples in the at-init probe batch (forward and backward variances)
     n_probe: int = 256
-    # depth at which H4's early-layer gradient ratio is read (VGG B, the paper's figure, has 13 layers)
+    # n_layers at which H4's early-layer gradient ratio is read (VGG B, the paper's figure, has 13 layers)
     h4_depth: int = 14
-    # VGG recipe: depth of the shallow net A, trained from N(0, fixed_std^2) (S&Z's A: 11); 0 turns the recipe off
+    # VGG recipe: n_layers of the shallow net A, trained from N(0, fixed_std^2) (S&Z's A: 11); 0 turns the recipe off
     recipe_a_depth: int = 3
     # VGG recipe: SGD updates of net A
     recipe_a_steps: int = 600
-    # VGG recipe: depth of the deeper net initialized from A, compared with He fan_in from scratch at that depth
+    # VGG recipe: n_layers of the deeper net initialized from A, compared with He fan_in from scratch at that size
     recipe_depth: int = 14
     # VGG recipe: A's first conv layers copied (matched by stage and position); S&Z copy 4, and all dense layers
     recipe_copy_convs: int = 2
@@ -191,122 +186,82 @@ class Config:
 
 QUICK = Config()
 PAPER = Config(
-    data="cifar10",
-    fallback_data="shapeset",
-    depths=(8, 11, 14, 19, 22, 30),
-    seeds=(0, 1, 2),
-    widths=(64, 128, 256, 512),
-    fc_layers=3,
-    fc_width=512,
-    train_cells=None,
-    extra_cells=(),
-    stop_at_threshold=False,
-    steps=20 * 390,
-    batch_size=128,
-    learning_rate=1e-2,
-    momentum=0.9,
-    weight_decay=5e-4,
-    record_every=50,
-    n_probe=512,
-    h4_depth=14,
-    recipe_a_depth=11,
-    recipe_a_steps=20 * 390,
-    recipe_depth=19,
-    recipe_copy_convs=4,
+    data="cifar10", fallback_data="shapeset", depths=(8, 11, 14, 19, 22, 30), seeds=(0, 1, 2),
+    widths=(64, 128, 256, 512), fc_layers=3, fc_width=512, train_cells=None, extra_cells=(), stop_at_threshold=False,
+    steps=20 * 390, batch_size=128, learning_rate=1e-2, momentum=0.9, weight_decay=5e-4, record_every=50, n_probe=512,
+    h4_depth=14, recipe_a_depth=11, recipe_a_steps=20 * 390, recipe_depth=19, recipe_copy_convs=4,
     recipe_fills=("fixed", "he_fan_in"),
-)
+)  # fmt: skip
 SMOKE = Config(
-    depths=(4,),
-    inits=("fixed", "glorot_fan_in", "he_fan_in"),
-    seeds=(0,),
-    widths=(8,),
-    train_cells=((4, "he_fan_in"), (4, "glorot_fan_in"), (4, "fixed")),
-    extra_cells=(),
-    steps=20,
-    record_every=10,
-    n_probe=32,
-    h4_depth=4,
-    recipe_a_depth=2,
-    recipe_a_steps=10,
-    recipe_depth=4,
-    recipe_copy_convs=1,
-)
+    depths=(4,), inits=("fixed", "glorot_fan_in", "he_fan_in"), seeds=(0,), widths=(8,),
+    train_cells=((4, "he_fan_in"), (4, "glorot_fan_in"), (4, "fixed")), extra_cells=(), steps=20, record_every=10,
+    n_probe=32, h4_depth=4, recipe_a_depth=2, recipe_a_steps=10, recipe_depth=4, recipe_copy_convs=1,
+)  # fmt: skip
 PROFILES = {"quick": QUICK, "paper": PAPER, "smoke": SMOKE}
-TRIAL_KEYS = ("part", "depth", "init", "seed", "steps")
+TRIAL_KEYS = ("part", "n_layers", "init", "seed", "steps")
 
 
 # ---------------------------------------------------------------------------------------------------- the grid
 
 
 def check_config(cfg: Config) -> None:
-    """Raise ValueError naming the field when a Config cannot run."""
-    bad = [i for i in cfg.inits if i not in INITS]
-    if bad or not cfg.inits:
-        raise ValueError(f"`inits` must be names from {INITS}. Received: inits={cfg.inits!r}")
-    if not cfg.depths or not cfg.seeds:
-        raise ValueError(f"`depths` and `seeds` must not be empty. Received: {cfg.depths!r}, {cfg.seeds!r}")
-    for f in ("steps", "record_every", "batch_size", "n_probe"):
-        if getattr(cfg, f) < 1:
-            raise ValueError(f"`{f}` must be >= 1. Received: {f}={getattr(cfg, f)!r}")
-    if cfg.steps % cfg.record_every or (cfg.recipe_a_depth and cfg.recipe_a_steps % cfg.record_every):
-        raise ValueError(
-            f"`steps` and `recipe_a_steps` must be multiples of `record_every`={cfg.record_every}. "
-            f"Received: steps={cfg.steps}, recipe_a_steps={cfg.recipe_a_steps}"
-        )
-    for depth in (*cfg.depths, *((cfg.recipe_a_depth, cfg.recipe_depth) if cfg.recipe_a_depth else ())):
-        if depth < len(cfg.widths) + cfg.fc_layers:
-            raise ValueError(
-                f"`depths` must be >= len(widths) + fc_layers = {len(cfg.widths) + cfg.fc_layers}. Received: {depth}"
-            )
+    """Raise ValueError naming the field, the rule and the value when a Config cannot run."""
+
+    def need(ok, field: str, rule: str) -> None:
+        if not ok:
+            raise ValueError(f"`{field}` must {rule}. Received: {field}={getattr(cfg, field)!r}")
+
+    recipe = bool(cfg.recipe_a_depth)
+    for field in ("inits", "recipe_fills")[: 1 + recipe]:
+        need(getattr(cfg, field) and set(getattr(cfg, field)) <= set(INITS), field, f"be names from {INITS}")
+    for field in ("depths", "seeds"):
+        need(getattr(cfg, field), field, "not be empty")
+    for field in ("steps", "record_every", "batch_size", "n_probe"):
+        need(getattr(cfg, field) >= 1, field, "be >= 1")
+    for field in ("steps", "recipe_a_steps")[: 1 + recipe]:
+        need(getattr(cfg, field) % cfg.record_every == 0, field, f"be a multiple of `record_every`={cfg.record_every}")
+    least = len(cfg.widths) + cfg.fc_layers
+    need(min(cfg.depths) >= least, "depths", f"be >= len(widths) + fc_layers = {least}")
     for field in ("train_cells", "extra_cells"):
-        for depth, init in getattr(cfg, field) or ():
-            if depth not in cfg.depths or init not in cfg.inits:
-                raise ValueError(f"`{field}` must name grid cells (depth, init). Received: {(depth, init)!r}")
-    if cfg.recipe_a_depth:
-        bad = [f for f in cfg.recipe_fills if f not in INITS]
-        if bad or not cfg.recipe_fills:
-            raise ValueError(f"`recipe_fills` must be names from {INITS}. Received: {cfg.recipe_fills!r}")
-        if cfg.recipe_depth <= cfg.recipe_a_depth:
-            raise ValueError(
-                f"`recipe_depth` must exceed `recipe_a_depth`={cfg.recipe_a_depth}. Received: {cfg.recipe_depth}"
-            )
+        cells = getattr(cfg, field) or ()
+        need(all(n in cfg.depths and i in cfg.inits for n, i in cells), field, "name grid cells (n_layers, init)")
+    if recipe:
+        need(cfg.recipe_a_depth >= least, "recipe_a_depth", f"be >= len(widths) + fc_layers = {least}")
+        need(cfg.recipe_depth > cfg.recipe_a_depth, "recipe_depth", f"exceed `recipe_a_depth`={cfg.recipe_a_depth}")
         n_a = cfg.recipe_a_depth - cfg.fc_layers
-        if not 0 <= cfg.recipe_copy_convs <= n_a:
-            raise ValueError(f"`recipe_copy_convs` must be in [0, {n_a}]. Received: {cfg.recipe_copy_convs}")
+        need(0 <= cfg.recipe_copy_convs <= n_a, "recipe_copy_convs", f"be in [0, {n_a}]")
 
 
-def is_trained(cfg: Config, depth: int, init: str, seed: int) -> bool:
-    """Whether the grid cell (depth, init) is trained in this seed: in every seed (train_cells), in the first seed
+def is_trained(cfg: Config, n_layers: int, init: str, seed: int) -> bool:
+    """Whether the grid cell (n_layers, init) is trained in this seed: in every seed (train_cells), in the first seed
     (extra_cells), or not (measured at init only)."""
-    if cfg.train_cells is None or (depth, init) in cfg.train_cells:
+    if cfg.train_cells is None or (n_layers, init) in cfg.train_cells:
         return True
-    return seed == cfg.seeds[0] and (cfg.extra_cells is None or (depth, init) in cfg.extra_cells)
+    return seed == cfg.seeds[0] and (cfg.extra_cells is None or (n_layers, init) in cfg.extra_cells)
 
 
 def trials(cfg: Config) -> list[dict]:
-    """The grid, each trial a dict of part, depth, init, seed, steps:
+    """The grid, each trial a dict of part, n_layers, init, seed, steps:
 
-    - part "train": one (depth, init, seed) net trained for `steps` updates (the cells `is_trained` selects);
+    - part "train": one (n_layers, init, seed) net trained for `steps` updates (the cells `is_trained` selects);
     - part "recipe": one seed of the VGG recipe (net A, then the deeper net per fill), init "recipe";
-    - part "init": every init of `cfg.inits` at one (depth, seed), measured at initialization only (init "all",
+    - part "init": every init of `cfg.inits` at one (n_layers, seed), measured at initialization only (init "all",
       steps 0): the same weights the "train" trials start from.
-    Longest first (training, by depth), so that a pool of workers finishes together.
+    Longest first (training, by n_layers x steps), so that a pool of workers finishes together.
     """
     check_config(cfg)
     train = [
-        dict(part="train", depth=int(d), init=i, seed=int(s), steps=cfg.steps)
-        for d in cfg.depths
+        dict(part="train", n_layers=int(n), init=i, seed=int(s), steps=cfg.steps)
+        for n in cfg.depths
         for i in cfg.inits
         for s in cfg.seeds
-        if is_trained(cfg, d, i, s)
+        if is_trained(cfg, n, i, s)
     ]
-    recipe = []
-    if cfg.recipe_a_depth:
-        recipe = [
-            dict(part="recipe", depth=cfg.recipe_depth, init="recipe", seed=int(s), steps=cfg.steps) for s in cfg.seeds
-        ]
-    at_init = [dict(part="init", depth=int(d), init="all", seed=int(s), steps=0) for d in cfg.depths for s in cfg.seeds]
-    cost = {id(t): t["depth"] * t["steps"] for t in train}
+    recipe = [dict(part="recipe", n_layers=cfg.recipe_depth, init="recipe", seed=int(s), steps=cfg.steps)
+              for s in cfg.seeds if cfg.recipe_a_depth]  # fmt: skip
+    at_init = [dict(part="init", n_layers=int(n), init="all", seed=int(s), steps=0)
+               for n in cfg.depths for s in cfg.seeds]  # fmt: skip
+    cost = {id(t): t["n_layers"] * t["steps"] for t in train}
     cost.update({id(t): cfg.recipe_depth * t["steps"] * len(cfg.recipe_fills) for t in recipe})
     return sorted(train + recipe, key=lambda t: -cost[id(t)]) + at_init
 
@@ -320,20 +275,20 @@ def _data(cfg: Config):
 
 
 # Per process: one compiled net per architecture (keras_initkit.study.training.ModelCache), with its at-init monitor;
-# the train step and the monitor's probe pass are traced once per depth and process, not once per trial.
+# the train step and the monitor's probe pass are traced once per architecture and process, not once per trial.
 _MODELS = ModelCache()
 
 
-def fresh_net(cfg: Config, depth: int, init: str | dict[str, str], seed: int):
-    """(compiled model, its at-init VarianceMonitor), with the weights `build_vgg(depth, init=init, seed=seed)` has
+def fresh_net(cfg: Config, n_layers: int, init: str | dict[str, str], seed: int):
+    """(compiled model, its at-init VarianceMonitor), with the weights `build_vgg(n_layers, init=init, seed=seed)` has
     and a fresh optimizer state."""
     from keras_initkit.monitor import VarianceMonitor
 
     d = _data(cfg)
-    key = (cfg.data, cfg.fallback_data, cfg.n_train, cfg.size, depth, cfg.widths, cfg.fc_layers, cfg.fc_width,
+    key = (cfg.data, cfg.fallback_data, cfg.n_train, cfg.size, n_layers, cfg.widths, cfg.fc_layers, cfg.fc_width,
            cfg.learning_rate, cfg.momentum, cfg.weight_decay, cfg.record_every, cfg.n_probe)  # fmt: skip
     kw = dict(widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=cfg.fc_width, fixed_std=cfg.fixed_std)
-    build = functools.partial(build_vgg, d.x_train.shape[1:], d.num_classes, depth, init=init, seed=seed, **kw)
+    build = functools.partial(build_vgg, d.x_train.shape[1:], d.num_classes, n_layers, init=init, seed=seed, **kw)
     compile = functools.partial(compile_sgd, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, steps_per_execution=cfg.record_every)  # fmt: skip
     entry = _MODELS.fresh(key, build, compile)
@@ -371,14 +326,10 @@ def curve_outcome(curve: pd.DataFrame, num_classes: int, threshold: float) -> di
     n_tail = max(1, int(round(TAIL_FRACTION * len(losses)))) if len(losses) else 0
     final = float(np.mean(losses[-n_tail:])) if n_tail else float("nan")
     chance = math.log(num_classes)
-    return {
-        "steps_to_threshold": float(hit.iloc[0] - start) if len(hit) and not diverged else float("nan"),
-        "converged": bool(len(hit)) and not diverged,
-        "final_loss": final,
-        "stalled": diverged or bool(final >= (1.0 - STALL_FRACTION) * chance),
-        "diverged": diverged,
-        "chance_loss": chance,
-    }
+    return {"steps_to_threshold": float(hit.iloc[0] - start) if len(hit) and not diverged else float("nan"),
+            "converged": bool(len(hit)) and not diverged, "final_loss": final,
+            "stalled": diverged or bool(final >= (1.0 - STALL_FRACTION) * chance), "diverged": diverged,
+            "chance_loss": chance}  # fmt: skip
 
 
 def measure_at_init(model: keras.Model, monitor, probe_x: np.ndarray) -> pd.DataFrame:
@@ -386,8 +337,8 @@ def measure_at_init(model: keras.Model, monitor, probe_x: np.ndarray) -> pd.Data
     dC/dW, with `theory.predict_variance`'s prediction (`predicted`, from `theory.compare`) beside the variances it
     covers.
 
-    Columns: layer, index (the monitor's `depth`: 0-based weight layer), kind, stat, value, diverged, predicted. The
-    backward prediction starts from the measured Var(dC/ds) of the classifier (the theory does not see the labels).
+    Columns: layer, depth (the monitor's: 0-based weight layer), kind, stat, value, diverged, predicted. The backward
+    prediction starts from the measured Var(dC/ds) of the classifier (the theory does not see the labels).
     """
     from keras_initkit.theory import compare, predict_variance
 
@@ -397,93 +348,71 @@ def measure_at_init(model: keras.Model, monitor, probe_x: np.ndarray) -> pd.Data
     top = frame[(frame["layer"] == names[-1]) & (frame["kind"] == "grad_preact") & (frame["stat"] == "var")]
     top_grad_var = float(top["value"].iloc[0]) if len(top) and float(top["value"].iloc[0]) > 0 else 1.0
     axes = tuple(range(probe_x.ndim - 1))
-    predicted = predict_variance(
-        model,
-        input_var=probe_x.var(axis=axes, dtype=np.float64),
-        input_mean=probe_x.mean(axis=axes, dtype=np.float64),
-        top_grad_var=top_grad_var,
-        layers=names,
-    )
+    var, mean = probe_x.var(axis=axes, dtype=np.float64), probe_x.mean(axis=axes, dtype=np.float64)
+    predicted = predict_variance(model, input_var=var, input_mean=mean, top_grad_var=top_grad_var, layers=names)
     pairs = compare(frame, predicted, anchor=None)[["layer", "kind", "predicted"]].assign(stat="var")
-    # the table's `depth` is the net's (a trial key): the monitored layer's index is `index` here
-    frame = frame.rename(columns={"depth": "index"}).drop(columns=["step", "epoch"])
-    return frame.merge(pairs, on=["layer", "kind", "stat"], how="left").reset_index(drop=True)
-
-
-def _outcome(curve: pd.DataFrame, model: keras.Model, cfg: Config, start: float) -> dict:
-    """A trained net's "final" row: `curve_outcome`, the test error and the wall time since `start`."""
-    d = _data(cfg)
-    outcome = curve_outcome(curve, d.num_classes, cfg.loss_threshold)
-    return {**outcome, "test_err": error_percent(model, d.x_test, d.y_test), "wall_s": time.perf_counter() - start}
+    frame = frame.drop(columns=["step", "epoch"]).merge(pairs, on=["layer", "kind", "stat"], how="left")
+    return frame.reset_index(drop=True)
 
 
 def _init_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     d = _data(cfg)
     frames = []
     for init in cfg.inits:
-        model, monitor = fresh_net(cfg, trial["depth"], init, int(trial["seed"]))
+        model, monitor = fresh_net(cfg, trial["n_layers"], init, int(trial["seed"]))
         frames.append(measure_at_init(model, monitor, d.x_train[: cfg.n_probe]).assign(init=init))
     return {"layers": with_trial(pd.concat(frames, ignore_index=True), trial, TRIAL_KEYS, keep=("init",))}
 
 
+def _trained(cfg: Config, trial: dict, net: keras.Model, curve: pd.DataFrame, start: float, **extra):
+    """One trained net's tables, with the trial's keys and `extra`: its curve, and its "final" row (`curve_outcome`,
+    the test error and the wall time since `start`)."""
+    d = _data(cfg)
+    outcome = curve_outcome(curve, d.num_classes, cfg.loss_threshold)
+    test_err, wall_s = error_percent(net, d.x_test, d.y_test), time.perf_counter() - start
+    final = pd.DataFrame([{**outcome, "test_err": test_err, "wall_s": wall_s}])
+    return with_trial(curve, trial, TRIAL_KEYS, phase=extra["phase"]), with_trial(final, trial, TRIAL_KEYS, **extra)
+
+
 def _train_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
-    start = time.perf_counter()
-    seed = int(trial["seed"])
-    model, _ = fresh_net(cfg, trial["depth"], trial["init"], seed)
-    curve = _train(model, cfg, trial["steps"], seed)
-    final = _outcome(curve, model, cfg, start)
-    return {
-        "curves": with_trial(curve, trial, TRIAL_KEYS, phase="scratch"),
-        "final": with_trial(
-            pd.DataFrame([final]), trial, TRIAL_KEYS, phase="scratch", a_steps=0, copied="", net_depth=trial["depth"]
-        ),
-    }
+    start, seed = time.perf_counter(), int(trial["seed"])
+    model, _ = fresh_net(cfg, trial["n_layers"], trial["init"], seed)
+    curve, final = _trained(cfg, trial, model, _train(model, cfg, trial["steps"], seed), start, phase="scratch",
+                            a_steps=0, copied="")  # fmt: skip
+    return {"curves": curve, "final": final}
 
 
 def _recipe_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
-    """Net A from N(0, fixed_std^2), then one deeper net per fill, initialized from A (`transfer_layers`)."""
-    seed = int(trial["seed"])
-    start = time.perf_counter()
+    """Net A from N(0, fixed_std^2), then one deeper net per fill, initialized from A (`transfer_layers`). Net A's
+    rows have its own n_layers (recipe_a_depth), the deeper nets' the trial's."""
+    seed, start = int(trial["seed"]), time.perf_counter()
     net_a, _ = fresh_net(cfg, cfg.recipe_a_depth, "fixed", derive_seed(seed, "net A"))
     curve_a = _train(net_a, cfg, cfg.recipe_a_steps, derive_seed(seed, "net A"), stop=False)
-    curves = [curve_a.assign(phase="A")]
-    finals = [{**_outcome(curve_a, net_a, cfg, start), "phase": "A", "a_steps": 0, "copied": ""}]
+    a_trial = {**trial, "n_layers": cfg.recipe_a_depth}
+    tables = [_trained(cfg, a_trial, net_a, curve_a, start, phase="A", a_steps=0, copied="")]
     for fill in cfg.recipe_fills:
         start = time.perf_counter()
-        deep, _ = fresh_net(cfg, trial["depth"], fill, seed)
-        copied = transfer_layers(net_a, deep, cfg.recipe_copy_convs)
+        deep, _ = fresh_net(cfg, trial["n_layers"], fill, seed)
+        copied = ",".join(transfer_layers(net_a, deep, cfg.recipe_copy_convs))
         curve = _train(deep, cfg, trial["steps"], seed, offset=cfg.recipe_a_steps)
-        phase = f"recipe_{fill}"
-        curves.append(curve.assign(phase=phase))
-        finals.append(
-            {
-                **_outcome(curve, deep, cfg, start),
-                "phase": phase,
-                "a_steps": cfg.recipe_a_steps,
-                "copied": ",".join(copied),
-            }
-        )
-    return {
-        "curves": with_trial(pd.concat(curves, ignore_index=True), trial, TRIAL_KEYS, a_depth=cfg.recipe_a_depth),
-        "final": with_trial(pd.DataFrame(finals), trial, TRIAL_KEYS).assign(
-            net_depth=lambda f: np.where(f["phase"] == "A", cfg.recipe_a_depth, f["depth"])
-        ),
-    }
+        tables.append(_trained(cfg, trial, deep, curve, start, phase=f"recipe_{fill}", a_steps=cfg.recipe_a_steps,
+                               copied=copied))  # fmt: skip
+    curves, finals = zip(*tables, strict=True)
+    return {"curves": pd.concat(curves, ignore_index=True), "final": pd.concat(finals, ignore_index=True)}
 
 
 def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
-    """One trial of `trials(cfg)`: part "init" (at-init variances of every init at one depth and seed), "train"
+    """One trial of `trials(cfg)`: part "init" (at-init variances of every init at one n_layers and seed), "train"
     (one net trained) or "recipe" (one seed of the VGG recipe).
 
     Tables: "layers" (at init, per init, weight layer and kind, with theory's prediction), "curves" (step, loss,
-    phase), "final" (updates to the threshold, final loss, stalled, test error), with the trial's parameters as
-    columns.
+    phase), "final" (updates to the threshold, final loss, stalled, test error), with the trial's keys as columns.
     """
-    keras.utils.set_random_seed(derive_seed(int(trial["seed"]), "trial", trial["part"], trial["depth"], trial["init"]))
     parts = {"init": _init_trial, "train": _train_trial, "recipe": _recipe_trial}
     part = trial.get("part")
     if part not in parts:
         raise ValueError(f"trial `part` must be 'init', 'train' or 'recipe'. Received: part={part!r}")
+    keras.utils.set_random_seed(derive_seed(int(trial["seed"]), "trial", part, trial["n_layers"], trial["init"]))
     dataset = _data(cfg).name
     return {name: frame.assign(dataset=dataset) for name, frame in parts[part](cfg, trial).items()}
 
@@ -493,28 +422,29 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
 
 def depth_factors(layers: pd.DataFrame) -> pd.DataFrame:
     """Per grid trial and kind (preact, grad_preact): the measured and predicted per-layer factor of the variance over
-    the conv layers after the first (`keras_initkit.study.summary.layer_factors` against the layer index: going up;
-    `factor_down` = 1 / factor for the gradients going down). Variances at or below UNDERFLOW are left out."""
+    the conv layers after the first (`keras_initkit.study.summary.layer_factors` against the monitored layer's
+    `depth`: going up; `factor_down` = 1 / factor for the gradients going down). Variances at or below UNDERFLOW are
+    left out."""
     sel = layers[
         (layers["kind"].isin(("preact", "grad_preact")))
         & (layers["stat"] == "var")
         & (layers["layer"].str.startswith("conv"))
-        & (layers["index"] >= 1)
+        & (layers["depth"] >= 1)
     ]
-    return layer_factors(sel, ["depth", "init", "seed", "kind"], x="index", predicted="predicted")
+    return layer_factors(sel, ["n_layers", "init", "seed", "kind"], x="depth", predicted="predicted")
 
 
 def gradient_ratio(layers: pd.DataFrame, reference: str = "he_fan_in", layer: str | None = None) -> pd.DataFrame:
-    """Per depth, seed and init: std of dC/ds and of dC/dW at one layer (default the second weight layer, conv2 as in
-    He et al.) divided by the reference init's, same depth and seed.
+    """Per net (n_layers), seed and init: std of dC/ds and of dC/dW at one layer (default the second weight layer,
+    conv2 as in He et al.) divided by the reference init's, same n_layers and seed.
 
-    Columns: depth, seed, kind, init, std, ratio, predicted_ratio (dC/ds only: sqrt of theory's variance ratio),
+    Columns: n_layers, seed, kind, init, std, ratio, predicted_ratio (dC/ds only: sqrt of theory's variance ratio),
     underflow (the float32 std is 0: the gradient underflowed; ratio is then NaN).
     """
-    columns = ["depth", "seed", "kind", "init", "std", "ratio", "predicted_ratio", "underflow"]
+    keys = ["n_layers", "seed", "kind"]
+    columns = [*keys, "init", "std", "ratio", "predicted_ratio", "underflow"]
     sel = layers[layers["kind"].isin(("grad_preact", "grad_kernel"))]
-    sel = sel[sel["layer"] == layer] if layer is not None else sel[sel["index"] == 1]
-    keys = ["depth", "seed", "kind"]
+    sel = sel[sel["layer"] == layer] if layer is not None else sel[sel["depth"] == 1]
     std = sel[sel["stat"] == "std"].pivot_table(index=keys, columns="init", values="value", aggfunc="first")
     if reference not in std.columns:
         return pd.DataFrame(columns=columns)
@@ -526,9 +456,8 @@ def gradient_ratio(layers: pd.DataFrame, reference: str = "he_fan_in", layer: st
     measured = std.where(std > 0)
     out = long(std, "std").merge(long(measured.div(measured[reference], axis=0), "ratio"), on=[*keys, "init"])
     if reference in var.columns:
-        out = out.merge(
-            long(np.sqrt(var.div(var[reference], axis=0)), "predicted_ratio"), on=[*keys, "init"], how="left"
-        )
+        predicted = long(np.sqrt(var.div(var[reference], axis=0)), "predicted_ratio")
+        out = out.merge(predicted, on=[*keys, "init"], how="left")
     else:
         out["predicted_ratio"] = np.nan
     out = out.dropna(subset=["std"])
@@ -537,33 +466,24 @@ def gradient_ratio(layers: pd.DataFrame, reference: str = "he_fan_in", layer: st
 
 
 def training_table(final: pd.DataFrame) -> pd.DataFrame:
-    """Per (phase, net depth, init): seeds, converged and stalled counts, steps to threshold and final loss spread."""
+    """Per (phase, n_layers, init): seeds, converged and stalled counts, steps to threshold and final loss spread."""
     if final is None or len(final) == 0:
         return pd.DataFrame()
-    final = final.assign(net_depth=final["net_depth"] if "net_depth" in final else final["depth"])
-    out = final.groupby(["phase", "net_depth", "init"], as_index=False, sort=True).agg(
-        n=("seed", "size"),
-        converged=("converged", "sum"),
-        stalled=("stalled", "sum"),
-        steps_mean=("steps_to_threshold", "mean"),
-        steps_std=("steps_to_threshold", "std"),
-        steps_min=("steps_to_threshold", "min"),
-        steps_max=("steps_to_threshold", "max"),
-        final_loss_mean=("final_loss", "mean"),
-        final_loss_std=("final_loss", "std"),
-        test_err_mean=("test_err", "mean"),
-        a_steps=("a_steps", "max"),
-    )
-    return out
+    return final.groupby(["phase", "n_layers", "init"], as_index=False, sort=True).agg(
+        n=("seed", "size"), converged=("converged", "sum"), stalled=("stalled", "sum"),
+        **{f"steps_{s}": ("steps_to_threshold", s) for s in ("mean", "std", "min", "max")},
+        final_loss_mean=("final_loss", "mean"), final_loss_std=("final_loss", "std"),
+        test_err_mean=("test_err", "mean"), a_steps=("a_steps", "max"),
+    )  # fmt: skip
 
 
 def recipe_table(final: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """The VGG recipe per seed beside He fan_in from scratch at the same depth: updates to the threshold of the deep
+    """The VGG recipe per seed beside He fan_in from scratch at the same n_layers: updates to the threshold of the deep
     net, and in total counting net A's updates."""
     if final is None or len(final) == 0 or not cfg.recipe_a_depth:
         return pd.DataFrame()
     rec = final[final["part"] == "recipe"]
-    he = final[(final["part"] == "train") & (final["depth"] == cfg.recipe_depth) & (final["init"] == "he_fan_in")]
+    he = _cell(final, cfg.recipe_depth, "he_fan_in")
     rows = []
     for seed in sorted(set(rec["seed"]) | set(he["seed"])):
         r = rec[rec["seed"] == seed].set_index("phase")
@@ -597,7 +517,7 @@ def claim_h1(factors: pd.DataFrame) -> dict:
     fan_in = pre[pre["init"] == "glorot_fan_in"]
     he = pre[pre["init"] == "he_fan_in"]
     fixed = pre[pre["init"] == "fixed"].merge(
-        fan_in[["depth", "seed", "factor"]], on=["depth", "seed"], suffixes=("", "_fan_in")
+        fan_in[["n_layers", "seed", "factor"]], on=["n_layers", "seed"], suffixes=("", "_fan_in")
     )
     halves = fan_in["factor"].between(HALF_LOW, HALF_HIGH, inclusive="neither")
     flat = he["factor"].between(FLAT_LOW, FLAT_HIGH, inclusive="neither")
@@ -612,8 +532,8 @@ def claim_h1(factors: pd.DataFrame) -> dict:
     return _claim("H1", "PASS" if ok else "FAIL", measured, paper)
 
 
-def _cell(final: pd.DataFrame, depth: int, init: str) -> pd.DataFrame:
-    return final[(final["part"] == "train") & (final["depth"] == depth) & (final["init"] == init)]
+def _cell(final: pd.DataFrame, n_layers: int, init: str) -> pd.DataFrame:
+    return final[(final["part"] == "train") & (final["n_layers"] == n_layers) & (final["init"] == init)]
 
 
 def _outcome_text(rows: pd.DataFrame, label: str) -> str:
@@ -625,74 +545,65 @@ def _outcome_text(rows: pd.DataFrame, label: str) -> str:
     )
 
 
-def claim_h2(final: pd.DataFrame, depth: int = 30) -> dict:
+def _he_and_xavier(final: pd.DataFrame, n_layers: int) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The trained He fan_in and GlorotFanIn nets of `n_layers`, and the claims' text of their outcomes."""
+    he, xavier = _cell(final, n_layers, "he_fan_in"), _cell(final, n_layers, "glorot_fan_in")
+    return he, xavier, f"depth {n_layers}: {_outcome_text(he, 'He fan_in')}; {_outcome_text(xavier, 'GlorotFanIn')}"
+
+
+def claim_h2(final: pd.DataFrame, n_layers: int = 30) -> dict:
     """H2 (see RULES["H2"])."""
     paper = "30 layers (27 conv + 3 fc): He converges; Xavier 'completely stalls' (He et al. Fig 3)"
-    he, xavier = _cell(final, depth, "he_fan_in"), _cell(final, depth, "glorot_fan_in")
+    he, xavier, measured = _he_and_xavier(final, n_layers)
     if len(he) == 0 or len(xavier) == 0:
-        return _claim("H2", "N/A", f"no trained He fan_in and GlorotFanIn nets of depth {depth}", paper)
+        return _claim("H2", "N/A", f"no trained He fan_in and GlorotFanIn nets of depth {n_layers}", paper)
     ok = bool(he["converged"].all() and xavier["stalled"].all())
-    measured = f"depth {depth}: " + _outcome_text(he, "He fan_in") + "; " + _outcome_text(xavier, "GlorotFanIn")
     return _claim("H2", "PASS" if ok else "FAIL", measured, paper)
 
 
-def claim_h3(final: pd.DataFrame, depth: int = 22) -> dict:
+def claim_h3(final: pd.DataFrame, n_layers: int = 22) -> dict:
     """H3 (see RULES["H3"])."""
     paper = "22 layers: both converge, He starts reducing the error earlier (He et al. Fig 2)"
-    he, xavier = _cell(final, depth, "he_fan_in"), _cell(final, depth, "glorot_fan_in")
+    he, xavier, measured = _he_and_xavier(final, n_layers)
     if len(he) == 0 or len(xavier) == 0:
-        return _claim("H3", "N/A", f"no trained He fan_in and GlorotFanIn nets of depth {depth}", paper)
+        return _claim("H3", "N/A", f"no trained He fan_in and GlorotFanIn nets of depth {n_layers}", paper)
     both = bool(he["converged"].all() and xavier["converged"].all())
     paired = he[["seed", "steps_to_threshold"]].merge(xavier[["seed", "steps_to_threshold"]], on="seed")
     faster = paired["steps_to_threshold_x"] < paired["steps_to_threshold_y"]
     ok = both and len(paired) > 0 and bool(faster.all())
-    measured = (
-        f"depth {depth}: "
-        + _outcome_text(he, "He fan_in")
-        + "; "
-        + _outcome_text(xavier, "GlorotFanIn")
-        + f"; He first in {int(faster.sum())}/{len(paired)} seeds"
-        + _shallower_context(final, depth)
-    )
+    measured += f"; He first in {int(faster.sum())}/{len(paired)} seeds" + _shallower_context(final, n_layers)
     return _claim("H3", "PASS" if ok else "FAIL", measured, paper)
 
 
-def _shallower_context(final: pd.DataFrame, depth: int) -> str:
-    """For the record (not part of the rule): the other trained depths with both He fan_in and GlorotFanIn."""
+def _shallower_context(final: pd.DataFrame, n_layers: int) -> str:
+    """For the record (not part of the rule): the other trained n_layers with both He fan_in and GlorotFanIn."""
     parts = []
-    for d in sorted(set(final.loc[final["part"] == "train", "depth"]) - {depth}):
-        he, xavier = _cell(final, d, "he_fan_in"), _cell(final, d, "glorot_fan_in")
+    for n in sorted(set(final.loc[final["part"] == "train", "n_layers"]) - {n_layers}):
+        he, xavier = _cell(final, n, "he_fan_in"), _cell(final, n, "glorot_fan_in")
         if len(he) and len(xavier):
-            parts.append(f"{d} layers: {_reached(he, 'He')}, {_reached(xavier, 'GlorotFanIn')}")
+            parts.append(f"{n} layers: {_reached(he, 'He')}, {_reached(xavier, 'GlorotFanIn')}")
     return f" (other depths, not part of the rule: {'; '.join(parts)})" if parts else ""
 
 
 def _reached(rows: pd.DataFrame, label: str) -> str:
-    hit = int(rows["converged"].sum())
-    return f"{label} {hit}/{len(rows)} reach it" + (f" at {_mean(rows['steps_to_threshold'])}" if hit else "")
+    hit, steps = int(rows["converged"].sum()), rows["steps_to_threshold"].to_numpy(dtype=float)
+    at = f" at {np.mean(steps[np.isfinite(steps)]):.0f} updates" if hit else ""
+    return f"{label} {hit}/{len(rows)} reach it{at}"
 
 
-def _mean(values) -> str:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return f"{np.mean(v):.0f} updates" if len(v) else "never"
-
-
-def claim_h4(final: pd.DataFrame, ratios: pd.DataFrame, h4_depth: int, depth: int = 30) -> dict:
-    """H4 (see RULES["H4"])."""
+def claim_h4(final: pd.DataFrame, ratios: pd.DataFrame, h4_depth: int, n_layers: int = 30) -> dict:
+    """H4 (see RULES["H4"]): (a) the FixedNormal nets of `n_layers`, (b) the gradient ratios at `h4_depth` layers."""
     paper = f"VGG B (13 layers): gradient at conv2 {PAPER_H4:.2g} (1/1.7e4) of He's; deep N(0, 0.01) nets stall"
-    fixed = _cell(final, depth, "fixed") if len(final) else final
-    sel = ratios[(ratios["init"] == "fixed") & (ratios["depth"] == h4_depth) & (ratios["kind"] == "grad_preact")]
+    fixed = _cell(final, n_layers, "fixed") if len(final) else final
+    at_h4 = ratios[(ratios["init"] == "fixed") & (ratios["n_layers"] == h4_depth)]
+    sel, kernel = (at_h4[at_h4["kind"] == k] for k in ("grad_preact", "grad_kernel"))
     if len(fixed) == 0 or len(sel) == 0:
-        return _claim(
-            "H4", "N/A", f"needs trained FixedNormal nets of depth {depth} and at-init depth {h4_depth}", paper
-        )
-    stalled = fixed["stalled"]
+        need = f"needs trained FixedNormal nets of depth {n_layers} and at-init depth {h4_depth}"
+        return _claim("H4", "N/A", need, paper)
     small = (sel["ratio"] < H4_MAX_RATIO) | sel["underflow"]  # an underflowed gradient is smaller still
-    ok = bool(stalled.all() and small.all())
-    kernel = ratios[(ratios["init"] == "fixed") & (ratios["depth"] == h4_depth) & (ratios["kind"] == "grad_kernel")]
+    ok = bool(fixed["stalled"].all() and small.all())
     measured = (
-        f"(a) depth {depth}: {_outcome_text(fixed, 'FixedNormal')}; (b) depth {h4_depth}: std dC/ds at conv2 "
+        f"(a) depth {n_layers}: {_outcome_text(fixed, 'FixedNormal')}; (b) depth {h4_depth}: std dC/ds at conv2 "
         f"FixedNormal / He = {spread(sel['ratio'])} ({int(small.sum())}/{len(sel)} below {H4_MAX_RATIO:g}; theory "
         f"{spread(sel['predicted_ratio'])}); dC/dW ratio {spread(kernel['ratio'])}"
     )
@@ -701,37 +612,24 @@ def claim_h4(final: pd.DataFrame, ratios: pd.DataFrame, h4_depth: int, depth: in
 
 def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Summary tables (per-layer factors, gradient ratios, training outcomes, recipe) and the claims."""
-    layers = tables.get("layers", pd.DataFrame())
-    final = tables.get("final", pd.DataFrame(columns=["part", "depth", "init", "seed", "phase"]))
-    factors = depth_factors(layers) if len(layers) else depth_factors(_empty_layers())
-    ratios = gradient_ratio(layers) if len(layers) else gradient_ratio(_empty_layers())
-    factor_summary = factors.groupby(["kind", "init", "depth"], as_index=False, sort=True).agg(
-        n=("factor", "size"),
-        factor_mean=("factor", "mean"),
-        factor_std=("factor", "std"),
+    layers = tables.get("layers")
+    if layers is None or len(layers) == 0:
+        layers = pd.DataFrame(columns=["layer", "depth", "kind", "stat", "value", "predicted", "n_layers", "init",
+                                       "seed"])  # fmt: skip
+    final = tables.get("final", pd.DataFrame(columns=["part", "n_layers", "init", "seed", "phase"]))
+    factors, ratios = depth_factors(layers), gradient_ratio(layers)
+    by = ["kind", "init", "n_layers"]
+    factor_summary = factors.groupby(by, as_index=False, sort=True).agg(
+        n=("factor", "size"), factor_mean=("factor", "mean"), factor_std=("factor", "std"),
         predicted=("predicted", "mean"),
-    )
-    ratio_summary = (
-        ratios[ratios["init"] != "he_fan_in"]
-        .groupby(["kind", "init", "depth"], as_index=False)
-        .agg(
-            n=("ratio", "size"),
-            ratio_mean=("ratio", "mean"),
-            ratio_min=("ratio", "min"),
-            ratio_max=("ratio", "max"),
-            predicted=("predicted_ratio", "mean"),
-            underflow=("underflow", "sum"),
-        )
-    )
+    )  # fmt: skip
+    ratio_summary = ratios[ratios["init"] != "he_fan_in"].groupby(by, as_index=False).agg(
+        n=("ratio", "size"), ratio_mean=("ratio", "mean"), ratio_min=("ratio", "min"), ratio_max=("ratio", "max"),
+        predicted=("predicted_ratio", "mean"), underflow=("underflow", "sum"),
+    )  # fmt: skip
     deepest = max(cfg.depths)
-    claims = pd.DataFrame(
-        [
-            claim_h1(factors),
-            claim_h2(final, deepest),
-            claim_h3(final, 22),
-            claim_h4(final, ratios, cfg.h4_depth, deepest),
-        ]
-    )
+    claims = pd.DataFrame([claim_h1(factors), claim_h2(final, deepest), claim_h3(final, 22),
+                           claim_h4(final, ratios, cfg.h4_depth, deepest)])  # fmt: skip
     used = sorted({str(x) for f in (layers, final) if "dataset" in f for x in f["dataset"].dropna()})
     if used and used != [cfg.data]:
         claims["measured"] = claims["measured"] + f" (data: {', '.join(used)}; {cfg.data!r} files absent here)"
@@ -742,12 +640,6 @@ def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.Data
         "depth_factors": factor_summary,
         "gradient_ratio": ratio_summary,
     }
-
-
-def _empty_layers() -> pd.DataFrame:
-    return pd.DataFrame(
-        columns=["layer", "index", "kind", "stat", "value", "diverged", "predicted", "depth", "init", "seed"]
-    )
 
 
 def run(cfg: Config) -> dict[str, pd.DataFrame]:
@@ -763,19 +655,17 @@ def run(cfg: Config) -> dict[str, pd.DataFrame]:
 
 
 def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> dict:
-    """Figures from the saved tables: variance vs depth (measured and predicted), loss curves faceted by depth,
+    """Figures from the saved tables: variance vs layer (measured and predicted), loss curves faceted by n_layers,
     the steps-to-threshold heat map (stalled cells marked) and the recipe's curves."""
     figures = {}
-    layers = tables.get("layers")
+    layers, curves, final = (tables.get(name) for name in ("layers", "curves", "final"))
     if layers is not None and len(layers):
         figures["variance_forward"] = plot_variance(layers, "preact")
         figures["variance_backward"] = plot_variance(layers, "grad_preact")
-    curves = tables.get("curves")
     if curves is not None and len(curves):
         figures["loss_curves"] = plot_curves(curves)
         if (curves["part"] == "recipe").any():
             figures["recipe"] = plot_recipe(curves)
-    final = tables.get("final")
     if final is not None and len(final):
         figures["steps_heatmap"] = plot_heatmap(final, layers)
     return figures
@@ -793,8 +683,8 @@ def _palette() -> dict:
 
 def plot_variance(layers: pd.DataFrame, kind: str = "preact"):
     """`keras_initkit.plots.variance_vs_depth` of one kind (Var(s) going up, or Var(dC/ds) going down) against the
-    weight layer's index, one panel per net depth, one colour per init: measured (band = the seeds' range) and
-    theory's prediction (dashed), log scale. Variances that underflowed float32 (<= UNDERFLOW) are left out."""
+    weight layer's index (`depth`), one panel per net (n_layers), one colour per init: measured (band = the seeds'
+    range) and theory's prediction (dashed), log scale. Variances that underflowed (<= UNDERFLOW) are left out."""
     from keras_initkit.plots import variance_vs_depth
 
     sel = layers[(layers["stat"] == "var") & (layers["kind"] == kind)]
@@ -802,7 +692,7 @@ def plot_variance(layers: pd.DataFrame, kind: str = "preact"):
     predicted = sel[sel["predicted"] > UNDERFLOW].drop(columns="value").rename(columns={"predicted": "value"})
     direction = "forward, input side first" if kind == "preact" else "backward (dC/ds), input side first"
     fig = variance_vs_depth(
-        sel[sel["value"] > UNDERFLOW], kind, x="index", hue="init", col="depth", predicted=predicted, step=None,
+        sel[sel["value"] > UNDERFLOW], kind, x="depth", hue="init", col="n_layers", predicted=predicted, step=None,
         errorbar=("pi", 100), palette=_palette(),
         title=f"At initialization, {direction}: measured (band = seeds' range) and theory.predict_variance (dashed)"
         f"; FixedNormal continues below {VARIANCE_FLOOR:g}",
@@ -814,62 +704,54 @@ def plot_variance(layers: pd.DataFrame, kind: str = "preact"):
 
 
 def plot_curves(curves: pd.DataFrame):
-    """Training loss per depth (one panel each) and init (colour); one thin line per seed."""
+    """Training loss per n_layers (one panel each) and init (colour); one thin line per seed."""
     from keras_initkit.plots import learning_curves
 
     sel = curves[curves["part"] == "train"]
     sel = sel.assign(label=sel["init"].map(INIT_LABELS))
     stop = "; a net stops once it reaches the loss threshold" if _stopped_early(sel) else ""
     return learning_curves(
-        sel, "loss", hue="label", col="depth", units="seed", palette=_palette(), col_label="{level} layers",
+        sel, "loss", hue="label", col="n_layers", units="seed", palette=_palette(), col_label="{level} layers",
         hue_order=[INIT_LABELS[i] for i in INITS if INIT_LABELS[i] in set(sel["label"])], xlabel="SGD updates",
-        ylabel="training loss (chunk mean)", title=f"Training loss per depth x init (one line per seed{stop})",
+        ylabel="training loss (chunk mean)", title=f"Training loss per n_layers x init (one line per seed{stop})",
     )  # fmt: skip
 
 
 def _stopped_early(curves: pd.DataFrame) -> bool:
     """Whether some training curve ends before its budget (Config.stop_at_threshold)."""
-    ends = curves.groupby(["depth", "init", "seed"])["step"].max()
-    budget = curves.groupby(["depth", "init", "seed"])["steps"].first()
-    return bool((ends < budget).any())
+    runs = curves.groupby(["n_layers", "init", "seed"])
+    return bool((runs["step"].max() < runs["steps"].first()).any())
 
 
 def plot_heatmap(final: pd.DataFrame, layers: pd.DataFrame | None = None):
-    """Mean updates to the loss threshold per depth x init; "stalled" where every seed stalled, "slow" where some
+    """Mean updates to the loss threshold per n_layers x init; "stalled" where every seed stalled, "slow" where some
     seed neither reached the threshold nor stalled, "-" where the cell was measured at init only."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     grid = final[final["part"] == "train"]
-    depths = sorted(set(grid["depth"]) | (set(layers["depth"]) if layers is not None and len(layers) else set()))
-    inits = [i for i in INITS if i in set(grid["init"]) | (set(layers["init"]) if layers is not None else set())]
-    values = np.full((len(depths), len(inits)), np.nan)
-    text = [["-"] * len(inits) for _ in depths]
-    for r, depth in enumerate(depths):
-        for c, init in enumerate(inits):
-            cell = grid[(grid["depth"] == depth) & (grid["init"] == init)]
-            if len(cell) == 0:
-                continue
-            n, hit, stalled = len(cell), int(cell["converged"].sum()), int(cell["stalled"].sum())
-            if hit:
-                values[r, c] = cell["steps_to_threshold"].mean()
-                text[r][c] = f"{values[r, c]:.0f}\n({hit}/{n} seeds)"
-            elif stalled == n:
-                text[r][c] = f"stalled\n({n}/{n})"
-            else:
-                text[r][c] = f"slow\n(0/{n} reached)"
-    fig = Figure(figsize=(1.6 * len(inits) + 1.5, 0.8 * len(depths) + 1.4), layout="constrained")
+    keys = ["n_layers", "init"]
+    seen = grid[keys] if layers is None or len(layers) == 0 else pd.concat([grid[keys], layers[keys]])
+    rows, cols = sorted(set(seen["n_layers"])), [i for i in INITS if i in set(seen["init"])]
+    values, text = np.full((len(rows), len(cols)), np.nan), np.full((len(rows), len(cols)), "-", dtype=object)
+    for (r, n_layers), (c, init) in itertools.product(enumerate(rows), enumerate(cols)):
+        cell = grid[(grid["n_layers"] == n_layers) & (grid["init"] == init)]
+        n, hit = len(cell), int(cell["converged"].sum())
+        if hit:
+            values[r, c] = cell["steps_to_threshold"].mean()
+            text[r, c] = f"{values[r, c]:.0f}\n({hit}/{n} seeds)"
+        elif n:
+            text[r, c] = f"stalled\n({n}/{n})" if cell["stalled"].all() else f"slow\n(0/{n} reached)"
+    fig = Figure(figsize=(1.6 * len(cols) + 1.5, 0.8 * len(rows) + 1.4), layout="constrained")
     ax = fig.subplots()
-    masked = np.ma.masked_invalid(values)
     cmap = colormaps["viridis_r"].with_extremes(bad="#dddddd")
-    im = ax.imshow(masked, cmap=cmap, aspect="auto")
-    for r in range(len(depths)):
-        for c in range(len(inits)):
-            stalled = text[r][c].startswith("stalled")
-            ax.text(c, r, text[r][c], ha="center", va="center", fontsize=8, color="#b00000" if stalled else "black")
-    ax.set_xticks(range(len(inits)), [INIT_LABELS[i] for i in inits], rotation=20)
-    ax.set_yticks(range(len(depths)), [str(d) for d in depths])
-    ax.set_ylabel("depth (weight layers)")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
+    for (r, c), label in np.ndenumerate(text):
+        red = label.startswith("stalled")
+        ax.text(c, r, label, ha="center", va="center", fontsize=8, color="#b00000" if red else "black")
+    ax.set_xticks(range(len(cols)), [INIT_LABELS[i] for i in cols], rotation=20)
+    ax.set_yticks(range(len(rows)), [str(n) for n in rows])
+    ax.set_ylabel("n_layers (weight layers)")
     fig.colorbar(im, ax=ax, label="updates to the loss threshold (mean over seeds that reached it)")
     ax.set_title("Updates to the loss threshold; grey: never reached ('-' = not trained)", fontsize=9)
     return fig
@@ -877,19 +759,20 @@ def plot_heatmap(final: pd.DataFrame, layers: pd.DataFrame | None = None):
 
 def plot_recipe(curves: pd.DataFrame):
     """The VGG recipe: net A (N(0, 0.01)), then the deeper nets initialized from it (updates counted from A's
-    start), beside He fan_in from scratch at the deeper depth (dashed); one line per seed."""
+    start), beside He fan_in from scratch with as many layers (dashed); one line per seed."""
     from keras_initkit.plots import learning_curves
 
     rec = curves[curves["part"] == "recipe"]
-    depth, a_depth = int(rec["depth"].iloc[0]), int(rec["a_depth"].iloc[0])
-    he = curves[(curves["part"] == "train") & (curves["depth"] == depth) & (curves["init"] == "he_fan_in")]
-    names = {"A": f"net A ({a_depth} layers), N(0, 0.01)"}
+    is_a = rec["phase"] == "A"
+    a_layers, n_layers = int(rec.loc[is_a, "n_layers"].iloc[0]), int(rec.loc[~is_a, "n_layers"].iloc[0])
+    he = curves[(curves["part"] == "train") & (curves["n_layers"] == n_layers) & (curves["init"] == "he_fan_in")]
+    names = {"A": f"net A ({a_layers} layers), N(0, 0.01)"}
     colors = {names["A"]: "#777777"}
     for p in dict.fromkeys(rec["phase"]):
         label = INIT_LABELS.get(p.removeprefix("recipe_"), p)
-        names.setdefault(p, f"{depth} layers from A, other layers {label}")
+        names.setdefault(p, f"{n_layers} layers from A, other layers {label}")
         colors.setdefault(names[p], _palette().get(label, "#777777"))
-    scratch = f"{depth} layers, He fan_in from scratch"
+    scratch = f"{n_layers} layers, He fan_in from scratch"
     colors[scratch] = _palette()["He fan_in"]
     frame = pd.concat([rec.assign(net=rec["phase"].map(names), start="from net A"),
                        he.assign(net=scratch, start="from scratch")])  # fmt: skip

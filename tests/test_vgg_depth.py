@@ -32,19 +32,19 @@ def test_curve_outcome():
     assert late["steps_to_threshold"] == 20
 
 
-def _layers(rhos: dict[str, float], depth=8, seeds=(0, 1), grad_ratio=1e-4):
-    """A synthetic at-init "layers" table: Var(preact) = rho^index per init, conv2 gradient std ratio vs He."""
+def _layers(rhos: dict[str, float], n_layers=8, seeds=(0, 1), grad_ratio=1e-4):
+    """A synthetic at-init "layers" table: Var(preact) = rho^depth per init, conv2 gradient std ratio vs He."""
     rows = []
     for seed in seeds:
         for init, rho in rhos.items():
-            for index, name in enumerate(v.layer_names(depth)):
-                value = rho**index
-                rows.append(dict(layer=name, index=index, kind="preact", stat="var", value=value, predicted=value))
+            for depth, name in enumerate(v.layer_names(n_layers)):
+                value = rho**depth
+                rows.append(dict(layer=name, depth=depth, kind="preact", stat="var", value=value, predicted=value))
                 g = 1.0 if init != "fixed" else grad_ratio
-                rows.append(dict(layer=name, index=index, kind="grad_preact", stat="std", value=g, predicted=np.nan))
-                rows.append(dict(layer=name, index=index, kind="grad_kernel", stat="std", value=g, predicted=np.nan))
-            for row in rows[-3 * depth :]:
-                row.update(depth=depth, init=init, seed=seed, part="init")
+                rows.append(dict(layer=name, depth=depth, kind="grad_preact", stat="std", value=g, predicted=np.nan))
+                rows.append(dict(layer=name, depth=depth, kind="grad_kernel", stat="std", value=g, predicted=np.nan))
+            for row in rows[-3 * n_layers :]:
+                row.update(n_layers=n_layers, init=init, seed=seed, part="init")
     return pd.DataFrame(rows)
 
 
@@ -61,11 +61,11 @@ def test_claim_h1_pass_and_fail():
 
 
 def _final(cells: dict[tuple[int, str], list[tuple[float, bool, bool]]]):
-    """A synthetic "final" table: (depth, init) -> per seed (steps_to_threshold, converged, stalled)."""
+    """A synthetic "final" table: (n_layers, init) -> per seed (steps_to_threshold, converged, stalled)."""
     rows = []
-    for (depth, init), seeds in cells.items():
+    for (n_layers, init), seeds in cells.items():
         for seed, (steps, converged, stalled) in enumerate(seeds):
-            rows.append(dict(part="train", depth=depth, init=init, seed=seed, steps_to_threshold=steps,
+            rows.append(dict(part="train", n_layers=n_layers, init=init, seed=seed, steps_to_threshold=steps,
                              converged=converged, stalled=stalled, final_loss=2.3 if stalled else 0.1))  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -102,17 +102,17 @@ def test_claim_h3_pass_and_fail():
 def test_claim_h4_pass_and_fail():
     final = _final({(30, "fixed"): [STALLED] * 2})
     rhos = {"he_fan_in": 0.9, "fixed": 0.012}
-    ok = v.claim_h4(final, v.gradient_ratio(_layers(rhos, depth=14, grad_ratio=1e-5)), h4_depth=14, depth=30)
+    ok = v.claim_h4(final, v.gradient_ratio(_layers(rhos, n_layers=14, grad_ratio=1e-5)), h4_depth=14, n_layers=30)
     assert ok["status"] == "PASS", ok["measured"]
-    big = v.claim_h4(final, v.gradient_ratio(_layers(rhos, depth=14, grad_ratio=0.5)), h4_depth=14, depth=30)
+    big = v.claim_h4(final, v.gradient_ratio(_layers(rhos, n_layers=14, grad_ratio=0.5)), h4_depth=14, n_layers=30)
     assert big["status"] == "FAIL"
     trains = _final({(30, "fixed"): [STALLED, CONVERGED]})
-    moved = v.claim_h4(trains, v.gradient_ratio(_layers(rhos, depth=14, grad_ratio=1e-5)), h4_depth=14, depth=30)
+    moved = v.claim_h4(trains, v.gradient_ratio(_layers(rhos, n_layers=14, grad_ratio=1e-5)), h4_depth=14, n_layers=30)
     assert moved["status"] == "FAIL"
 
 
 def test_gradient_ratio_is_relative_to_he_same_seed():
-    layers = _layers({"he_fan_in": 0.9, "fixed": 0.012}, depth=8, seeds=(0, 1), grad_ratio=1e-3)
+    layers = _layers({"he_fan_in": 0.9, "fixed": 0.012}, n_layers=8, seeds=(0, 1), grad_ratio=1e-3)
     layers.loc[(layers["seed"] == 1) & (layers["init"] == "he_fan_in") & (layers["kind"] == "grad_preact"), "value"] = (
         2.0
     )
@@ -125,7 +125,7 @@ def test_gradient_ratio_is_relative_to_he_same_seed():
     row = r[(r["init"] == "fixed") & (r["kind"] == "grad_preact") & (r["seed"] == 0)].iloc[0]
     assert row["underflow"] and math.isnan(row["ratio"])
     final = _final({(30, "fixed"): [STALLED] * 2})
-    assert v.claim_h4(final, r, h4_depth=8, depth=30)["status"] == "PASS"
+    assert v.claim_h4(final, r, h4_depth=8, n_layers=30)["status"] == "PASS"
 
 
 # ------------------------------------------------------------------------------------------------------ the grid
@@ -134,17 +134,17 @@ def test_gradient_ratio_is_relative_to_he_same_seed():
 def test_trials_grid():
     cfg = v.QUICK
     ts = v.trials(cfg)
-    assert all({"part", "depth", "init", "seed", "steps"} == set(t) for t in ts)
+    assert all({"part", "n_layers", "init", "seed", "steps"} == set(t) for t in ts)
     init = [t for t in ts if t["part"] == "init"]
     train = [t for t in ts if t["part"] == "train"]
     assert len(init) == len(cfg.depths) * len(cfg.seeds)
     assert len([t for t in ts if t["part"] == "recipe"]) == len(cfg.seeds) >= 3
-    for depth, init_name in cfg.train_cells:
-        assert {t["seed"] for t in train if (t["depth"], t["init"]) == (depth, init_name)} == set(cfg.seeds)
-    others = [t for t in train if (t["depth"], t["init"]) not in cfg.train_cells]
+    for n_layers, init_name in cfg.train_cells:
+        assert {t["seed"] for t in train if (t["n_layers"], t["init"]) == (n_layers, init_name)} == set(cfg.seeds)
+    others = [t for t in train if (t["n_layers"], t["init"]) not in cfg.train_cells]
     assert others and {t["seed"] for t in others} == {cfg.seeds[0]}
-    assert all((t["depth"], t["init"]) in cfg.extra_cells for t in others)
-    assert len({(t["part"], t["depth"], t["init"], t["seed"]) for t in ts}) == len(ts)
+    assert all((t["n_layers"], t["init"]) in cfg.extra_cells for t in others)
+    assert len({(t["part"], t["n_layers"], t["init"], t["seed"]) for t in ts}) == len(ts)
 
 
 def test_check_config_errors():
@@ -156,8 +156,16 @@ def test_check_config_errors():
         v.trials(dataclasses.replace(v.QUICK, train_cells=((31, "he_fan_in"),)))
     with pytest.raises(ValueError, match="recipe_depth"):
         v.trials(dataclasses.replace(v.QUICK, recipe_depth=3))
+    for field, value, rule in [
+        ("seeds", (), "must not be empty"),
+        ("recipe_fills", ("he",), "must be names from"),
+        ("depths", (1, 8), "must be >= len"),
+        ("recipe_copy_convs", 3, "must be in \\[0, 2\\]"),
+    ]:
+        with pytest.raises(ValueError, match=f"`{field}` {rule}.*Received: {field}="):
+            v.trials(dataclasses.replace(v.QUICK, **{field: value}))
     with pytest.raises(ValueError, match="part"):
-        v.run_trial(v.QUICK, {"part": "nope", "depth": 8, "init": "he_fan_in", "seed": 0, "steps": 0})
+        v.run_trial(v.QUICK, {"part": "nope", "n_layers": 8, "init": "he_fan_in", "seed": 0, "steps": 0})
 
 
 # --------------------------------------------------------------------------------------------------- end to end
@@ -174,15 +182,20 @@ def test_run_smoke_profile_end_to_end():
     assert set(claims["status"]) <= {"PASS", "FAIL", "N/A"}
     assert claims.set_index("claim").at["H3", "status"] == "N/A"  # no 22-layer net in this grid
     layers = out["layers"]
-    assert set(layers["init"]) == set(TINY.inits) and set(layers["depth"]) == {4}
+    assert set(layers["init"]) == set(TINY.inits) and set(layers["n_layers"]) == {4}
+    assert sorted(set(layers["depth"])) == list(range(4))  # the monitor's layer index, as the monitor writes it
     pre = layers[(layers["kind"] == "preact") & (layers["stat"] == "var")]
     assert pre["predicted"].notna().all() and (pre["value"] > 0).all()
     # the measured first-layer variance is the theory's, within sampling error (32 images x 64 positions x 8 units)
-    first = pre[pre["index"] == 0]
+    first = pre[pre["depth"] == 0]
     np.testing.assert_allclose(first["value"], first["predicted"], rtol=0.3)
     final = out["final"]
     assert set(final["phase"]) == {"scratch", "A", "recipe_fixed", "recipe_he_fan_in"}
     assert (final.loc[final["phase"] == "recipe_fixed", "copied"] == "conv1_1,fc1").all()
+    # every row's n_layers is its own net's: net A's is recipe_a_depth, the deeper nets' recipe_depth
+    recipe = final[final["part"] == "recipe"].set_index("phase")["n_layers"]
+    assert recipe["A"] == TINY.recipe_a_depth and (recipe.drop("A") == TINY.recipe_depth).all()
+    assert set(out["training"].columns) >= {"phase", "n_layers", "init"} and "depth" not in out["training"]
     curves = out["curves"]
     deep = curves[curves["phase"] == "recipe_fixed"]
     assert deep["step"].min() == TINY.recipe_a_steps and deep["step"].max() == TINY.recipe_a_steps + TINY.steps
@@ -196,7 +209,7 @@ def test_run_smoke_profile_end_to_end():
 
 def test_cached_net_gives_the_fresh_build_tables():
     """A trial run on the per-process cached net (after other trials) equals the same trial on a fresh net."""
-    trial = {"part": "train", "depth": 4, "init": "he_fan_in", "seed": 0, "steps": 20}
+    trial = {"part": "train", "n_layers": 4, "init": "he_fan_in", "seed": 0, "steps": 20}
     v._MODELS.clear()
     fresh = v.run_trial(TINY, trial)
     v.run_trial(TINY, {**trial, "init": "fixed", "seed": 1})
@@ -213,9 +226,9 @@ def test_paper_profile_grid_and_nets():
     n_train = len(cfg.depths) * len(cfg.inits) * len(cfg.seeds)  # train_cells=None: every cell, every seed
     assert sum(t["part"] == "train" for t in ts) == n_train
     assert sum(t["part"] == "recipe" for t in ts) == len(cfg.seeds)
-    for depth in (*cfg.depths, cfg.recipe_a_depth):
-        model = v.build_vgg((32, 32, 3), 10, depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
-        assert len(v.weight_layers(model)) == depth
+    for n_layers in (*cfg.depths, cfg.recipe_a_depth):
+        model = v.build_vgg((32, 32, 3), 10, n_layers, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
+        assert len(v.weight_layers(model)) == n_layers
     a = v.build_vgg((32, 32, 3), 10, cfg.recipe_a_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
     deep = v.build_vgg((32, 32, 3), 10, cfg.recipe_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
     assert len(v.transfer_layers(a, deep, cfg.recipe_copy_convs)) == cfg.recipe_copy_convs + cfg.fc_layers
