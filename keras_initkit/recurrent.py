@@ -246,6 +246,8 @@ class TimeTaps:
             if t.index in self.taps:  # a second call of a shared layer runs as always
                 return original(sequences, initial_state, mask, training=training)
             tf = _tf()
+            if keras.tree.is_nested(mask):  # as LSTM's and GRU's own loops do
+                mask = mask[0]
             d = sequences.shape[-1]
             shape = tf.concat([tf.shape(sequences)[:-1], [_units(layer)]], 0)
             eps = tf.zeros(shape, dtype=sequences.dtype)
@@ -277,8 +279,6 @@ class TimeTaps:
                     del cell.__dict__["call"]
                 else:
                     object.__setattr__(cell, "call", cell_call)
-            if keras.tree.is_nested(mask):
-                mask = mask[0]
             w = tf.ones(tf.shape(sequences)[:2], tf.float32) if mask is None else tf.cast(mask, tf.float32)
             if layer.go_backwards:
                 w = tf.reverse(w, [1])
