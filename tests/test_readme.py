@@ -15,6 +15,6 @@ def test_readme_examples_run(tmp_path):
     script.write_text("import matplotlib\nmatplotlib.use('Agg')\n" + "\n".join(blocks))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("m.keras", "layers.parquet", "variance.png"):
+    for name in ("m.keras", "layers.parquet", "variance.png", "grad_by_lag.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "ratio" in done.stdout
