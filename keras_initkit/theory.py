@@ -128,13 +128,7 @@ _DROPOUT = (
 )
 _ZEROPAD = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
 _CROP = (keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D)
-_MERGE = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Average,
-    keras.layers.Multiply,
-    keras.layers.Concatenate,
-)
+_MERGE = tuple(getattr(keras.layers, n) for n in ("Add", "Subtract", "Average", "Multiply", "Concatenate"))
 _ACT_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax)
 _KNOWN = (
     keras.layers.Dense,
