@@ -19,8 +19,11 @@ from keras_initkit.activations import ACTIVATION_LAYERS, layer_activation
 
 __all__ = [
     "Axis",
+    "Call",
+    "Graph",
     "Target",
     "as_tuple",
+    "call_graph",
     "conv_params",
     "gather_matmul",
     "gather_sum",
@@ -58,21 +61,22 @@ class Target:
 
 
 def leaf_layers(model) -> list[tuple[Any, list[str]]]:
-    """Leaf layers in order (input side first), through nested models, each with its containers' names."""
+    """Leaf layers in forward order, through nested models, each with its containers' names.
+
+    The order is that of each layer's first call in the forward pass (`call_graph`), for every kind of model
+    (Sequential, Functional, nested, subclassed): a shared layer is placed at its first call. Layers the forward
+    pass never calls come last; a model not built yet has no forward pass to read, and its layers come in tracking
+    order (a Sequential's is its forward order; a subclassed model's is attribute creation order).
+    """
+    tracked = _tracked_leaves(model, [model.name])
+    if _input_shapes(model) is None:
+        return tracked
     out, seen = [], set()
-
-    def walk(layer, parents):
-        for sub in getattr(layer, "layers", None) or []:
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            if getattr(sub, "layers", None):
-                walk(sub, [*parents, sub.name])
-            elif not isinstance(sub, keras.layers.InputLayer):
-                out.append((sub, parents))
-
-    walk(model, [model.name])
-    return out
+    for c in call_graph(model).calls:
+        if c.first and isinstance(c.layer, keras.layers.Layer) and id(c.layer) not in seen:
+            seen.add(id(c.layer))
+            out.append((c.layer, c.parents))
+    return out + [(la, p) for la, p in tracked if id(la) not in seen]
 
 
 def _is_default(layer) -> bool:
@@ -127,6 +131,203 @@ def select_layers(model, layers) -> list[Target]:
         unit_axis = 1 if getattr(la, "data_format", None) == "channels_first" else -1
         targets.append(Target(i, name, la, mode, act_name, unit_axis, kernel))
     return targets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The call graph: which layer reads which tensors, in forward order.
+
+
+@dataclass
+class Call:
+    """One call of a leaf layer (or of a non-layer operation in a functional graph) in the forward pass."""
+
+    layer: Any
+    parents: list[str]  # the containers' names, outermost first
+    inputs: list[int]  # tensor ids (local to one Graph) it reads
+    outputs: list[int]  # tensor ids it writes
+    first: bool  # the layer's first call (a shared layer is called several times)
+
+
+@dataclass
+class Graph:
+    """A model's forward pass as calls in forward order (each after the calls it reads from), with the per-example
+    shape of each tensor. A tensor that is neither an input nor written by a call was computed outside any layer
+    (e.g. `x + y` in a subclassed model's `call`)."""
+
+    calls: list[Call]
+    inputs: list[int]
+    outputs: list[int]
+    shapes: dict[int, tuple]
+
+    def producers(self) -> dict[int, int]:
+        """Tensor id -> index of the call that writes it."""
+        return {r: i for i, c in enumerate(self.calls) for r in c.outputs}
+
+
+class _Builder:
+    def __init__(self):
+        self.calls: list[Call] = []
+        self.shapes: dict[int, tuple] = {}
+        self.seen: set[int] = set()
+
+    def ref(self, shape) -> int:
+        r = len(self.shapes)
+        self.shapes[r] = tuple(shape)
+        return r
+
+    def add(self, layer, parents, inputs, shapes) -> list[int]:
+        outs = [self.ref(s) for s in shapes]
+        self.calls.append(Call(layer, parents, list(inputs), outs, id(layer) not in self.seen))
+        self.seen.add(id(layer))
+        return outs
+
+    def expand(self, model, inputs, parents) -> list[int]:
+        """The model's calls, reading `inputs`: its symbolic graph when it has one, else a traced forward pass."""
+        try:
+            outputs = list(model.outputs)
+        except (AttributeError, ValueError):
+            return self.trace(model, inputs, parents)
+        return self.walk(model, inputs, parents, outputs)
+
+    def walk(self, model, inputs, parents, outputs) -> list[int]:
+        """A functional model's graph, from its outputs back to its inputs (depth first, iteratively)."""
+        refs = {id(t): r for t, r in zip(model.inputs, inputs, strict=True)}
+        stack = [(t, False) for t in reversed(outputs)]
+        while stack:
+            tensor, ready = stack.pop()
+            if id(tensor) in refs:
+                continue
+            op, node_index, _ = tensor._keras_history
+            node = op._inbound_nodes[node_index]
+            if not ready:
+                stack.append((tensor, True))
+                stack.extend((x, False) for x in reversed(node.input_tensors) if id(x) not in refs)
+                continue
+            ins = [refs[id(x)] for x in node.input_tensors]
+            if isinstance(op, keras.Model) and (not _has_graph(op) or len(op.inputs) == len(ins)):
+                outs = self.expand(op, ins, [*parents, op.name])
+            else:
+                outs = self.add(op, parents, ins, [tuple(x.shape[1:]) for x in node.output_tensors])
+            refs.update((id(x), r) for x, r in zip(node.output_tensors, outs, strict=True))
+        return [refs[id(t)] for t in outputs]
+
+    def trace(self, model, inputs, parents) -> list[int]:
+        """A model without a symbolic graph (subclassed): its leaf layers' calls recorded during one forward pass on
+        a batch of one zero example."""
+        shapes = [self.shapes[r] for r in inputs]
+        if any(d is None for s in shapes for d in s):
+            raise ValueError(
+                f"`model` {model.name!r} has no symbolic graph and an input shape with unknown axes {shapes}: "
+                "its forward order cannot be traced"
+            )
+        xs = [keras.ops.zeros((1, *s)) for s in shapes]
+        refs = {id(x): r for x, r in zip(xs, inputs, strict=True)}
+        keep = list(xs)  # keeps every traced tensor alive, so that no id is reused
+
+        def ref_of(t):
+            if id(t) not in refs:  # computed outside any layer
+                refs[id(t)] = self.ref(tuple(t.shape[1:]))
+                keep.append(t)
+            return refs[id(t)]
+
+        active = [0]
+
+        def wrap(layer, orig, where):
+            def call(*args, **kwargs):
+                if active[0]:  # a leaf called inside another leaf belongs to it
+                    return orig(*args, **kwargs)
+                active[0] += 1
+                try:
+                    out = orig(*args, **kwargs)
+                finally:
+                    active[0] -= 1
+                read = keras.tree.flatten((args, {k: v for k, v in kwargs.items() if k not in ("mask", "training")}))
+                ins = [ref_of(t) for t in read if keras.ops.is_tensor(t)]
+                written = [t for t in keras.tree.flatten(out) if keras.ops.is_tensor(t)]
+                keep.extend(written)
+                outs = self.add(layer, where, ins, [tuple(t.shape[1:]) for t in written])
+                refs.update((id(t), r) for t, r in zip(written, outs, strict=True))
+                return out
+
+            return call
+
+        saved = []
+        try:
+            for layer, where in _tracked_leaves(model, parents):
+                saved.append((layer, layer.__dict__.get("call")))
+                object.__setattr__(layer, "call", wrap(layer, layer.call, where))
+            out = model(xs[0] if len(xs) == 1 else xs)
+        finally:
+            for layer, own in reversed(saved):
+                if own is None:
+                    object.__delattr__(layer, "call")
+                else:
+                    object.__setattr__(layer, "call", own)
+        return [ref_of(t) for t in keras.tree.flatten(out) if keras.ops.is_tensor(t)]
+
+
+def _has_graph(model) -> bool:
+    try:
+        return all(hasattr(t, "_keras_history") for t in model.outputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _tracked_leaves(model, parents) -> list[tuple[Any, list[str]]]:
+    """Leaf layers in tracking order (attribute creation order in a subclassed model), each with its containers."""
+    out, seen = [], set()
+
+    def walk(layer, where):
+        for sub in getattr(layer, "layers", None) or []:
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            if getattr(sub, "layers", None):
+                walk(sub, [*where, sub.name])
+            elif not isinstance(sub, keras.layers.InputLayer):
+                out.append((sub, where))
+
+    walk(model, parents)
+    return out
+
+
+def _input_shapes(model) -> list[tuple] | None:
+    """Per-example input shapes of a built model: its symbolic inputs, else the shape it was built with."""
+    try:
+        return [tuple(x.shape[1:]) for x in model.inputs]
+    except (AttributeError, ValueError):
+        pass
+    if not model.built:
+        return None
+    shape = (model.get_build_config() or {}).get("input_shape")
+    if shape is None:
+        return None
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
+        return [tuple(s[1:]) for s in shape]
+    return [tuple(shape[1:])]
+
+
+def call_graph(model) -> Graph:
+    """The model's forward pass as a graph of leaf-layer calls, in forward order.
+
+    Functional and Sequential models (and functional models nested in them) are read off their symbolic graph;
+    a subclassed model (or one nested in a functional model) is traced: its leaf layers' calls are recorded while
+    it runs once on one zero example of the shape it was built with. Calls come in a topological order (each after
+    the calls whose outputs it reads); a shared layer has one call per use, its first one marked `first`.
+
+    Raises:
+        ValueError: when the model is not built (nothing to trace), or a subclassed model has unknown input axes.
+    """
+    shapes = _input_shapes(model)
+    if shapes is None:
+        raise ValueError(
+            f"`model` must be built (call it on data, `model.build(shape)` or use keras.Input) before its forward "
+            f"order can be read. Received: model {model.name!r}, built={model.built}"
+        )
+    b = _Builder()
+    inputs = [b.ref(s) for s in shapes]
+    outputs = b.expand(model, inputs, [model.name])
+    return Graph(b.calls, inputs, outputs, b.shapes)
 
 
 # ----------------------------------------------------------------------------------------------------------------

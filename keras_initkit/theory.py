@@ -42,13 +42,39 @@ Approximations beyond those of the papers:
   `training=False` applies the moving statistics (an affine map).
 - Correlations between elements are ignored (zero on average over the weights; their realized values are what
   remains: a few percent per layer for a 256-wide Dense net, more for few channels or few taps).
-- A softmax has no elementwise moments: its activation row is left out, and it may only be the last monitored layer.
+- A softmax has no elementwise moments: its activation row is left out, and no predicted layer may read from it.
+- Deep non-homogeneous nets (GELU, tanh) on real data: each element is one Gaussian across the batch, but the
+  examples' second moments differ (standardized digits: coefficient of variation 1.8 at the input, about 3 at
+  layer 19 of a 20 x 512 GELU net), so a unit's pre-activation is a Gaussian scale mixture and E[f(s)^2] differs
+  from the Gaussian's (Jensen); a homogeneous f (ReLU, linear) is exact under the mixture. Measured on that net
+  (gain("gelu")-scaled fan-in init, 2 seeds): measured / predicted Var(s) at layer 19 is 1.085 and 0.87 on digits,
+  1.004 and 0.94 on Gaussian inputs of the same per-feature moments (where the spread is 0.19 at the input); the
+  per-seed scatter is as large as the drift, and the cause of the drift reported in issue 13 is not isolated.
+
+Graphs: the model's calls are read from `call_graph` (the functional graph, or a traced forward pass of a
+subclassed model). Each merge is an elementwise rule on the per-element means and variances (the output then
+treated as Gaussian), exact under its assumption:
+- Add / Subtract / Average of branches uncorrelated across the batch (e.g. a residual branch with zero-mean weights,
+  on average over them): means add (Average: / n), variances add (Average: / n^2); the gradient reaches each input
+  unchanged (Average: scaled by 1 / n^2 in variance). Broadcast inputs get the sum of the gradients they reach.
+- Concatenate: the fields are concatenated, so each channel keeps its mean and variance and the output's mean
+  variance is the width-weighted mean of the inputs'; the gradient is split the same way. Exact.
+- Multiply of independent branches: E[ab] = E[a] E[b], E[(ab)^2] = E[a^2] E[b^2] (zero-mean branches: the second
+  moments multiply); backward E[(dC/da)^2] = E[(dC/dy)^2] E[b^2].
+- ZeroPadding: the added elements are exactly 0 (mean and variance 0), so the tensor's second moment scales by the
+  non-padded fraction; Cropping drops elements. Exact; the gradient is cropped (padded) back.
+- A layer called several times (shared) gets one step per call; its rows are those of its first call (as the
+  monitor records). A branch point's gradient is the sum of its consumers' (independent, zero mean).
+- Backward chains start at the sinks: the selected layers no other selected layer reads from (one per head of a
+  model with a side output), each with `top_grad_var`.
 
 Layers handled: Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, Activation and the activation layers
 (ReLU, LeakyReLU, ELU, PReLU, Softmax), BatchNormalization (last axis), MaxPooling/AveragePooling 1D-3D and their
-global versions, Flatten, Reshape, Dropout/SpatialDropout/GaussianDropout, InputLayer; channels_last; in a chain
-(Sequential, or a Functional/nested model without branches) with a fixed input shape. Any other layer raises
-ValueError naming it. The computation is numpy on the weights (no forward pass), so it runs under any backend.
+global versions, Flatten, Reshape, Dropout/SpatialDropout/GaussianDropout, ZeroPadding/Cropping 1D-3D, Add,
+Subtract, Average, Multiply, Concatenate; channels_last; any graph (Sequential, Functional, nested, subclassed) with
+one input of a fixed shape. Layers it has no rule for, among those the selected layers depend on, are all named in
+one ValueError; `layers=` selecting layers before the first of them predicts that prefix. The computation is
+numpy on the weights (no forward pass, except one to trace a subclassed model), so it runs under any backend.
 """
 
 from __future__ import annotations
@@ -69,11 +95,11 @@ from keras_initkit.layers import (
     CONV_T,
     DEPTHWISE,
     as_tuple,
+    call_graph,
     conv_params,
     gather_matmul,
     gather_sum,
     layer_fans,
-    leaf_layers,
     scatter_matmul,
     scatter_sum,
     select_layers,
@@ -100,10 +126,34 @@ _DROPOUT = (
     keras.layers.SpatialDropout3D,
     keras.layers.GaussianDropout,
 )
+_ZEROPAD = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D)
+_CROP = (keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D)
+_MERGE = tuple(getattr(keras.layers, n) for n in ("Add", "Subtract", "Average", "Multiply", "Concatenate"))
+_ACT_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU, keras.layers.Softmax)
+_KNOWN = (
+    keras.layers.Dense,
+    *CONV,
+    *CONV_T,
+    *DEPTHWISE,
+    keras.layers.Activation,
+    *_ACT_LAYERS,
+    keras.layers.BatchNormalization,
+    *_MAXPOOL,
+    *_AVGPOOL,
+    *_GMAXPOOL,
+    *_GAVGPOOL,
+    *_DROPOUT,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    *_ZEROPAD,
+    *_CROP,
+    *_MERGE,
+)
 _SUPPORTED = (
     "Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, Activation, ReLU, LeakyReLU, ELU, PReLU, "
     "Softmax (last), BatchNormalization, MaxPooling/AveragePooling/GlobalMaxPooling/GlobalAveragePooling 1D-3D, "
-    "Flatten, Reshape, Dropout, SpatialDropout, GaussianDropout"
+    "Flatten, Reshape, Dropout, SpatialDropout, GaussianDropout, ZeroPadding/Cropping 1D-3D, Add, Subtract, Average, "
+    "Multiply, Concatenate"
 )
 
 
@@ -306,65 +356,146 @@ def _reshape(sig: _Signal, out_shape):
     return new, lambda grad: grad.reshape(p_in, n_in)
 
 
-def _out_shape(layer, shape):
-    out = layer.compute_output_shape((None, *shape))
-    return tuple(out[1:])
+def _pads(layer) -> np.ndarray:
+    """(spatial axes, 2): elements added before and after each axis (ZeroPadding), or removed (Cropping: < 0)."""
+    if isinstance(layer, _ZEROPAD):
+        return np.asarray(layer.padding, dtype=np.int64).reshape(-1, 2)
+    return -np.asarray(layer.cropping, dtype=np.int64).reshape(-1, 2)
 
 
-def _unsupported(layer, why: str = ""):
-    raise ValueError(
-        f"`model` has a layer the theory cannot predict: {layer.name!r} of type {type(layer).__name__}{why}. "
-        f"Supported: {_SUPPORTED}, in a chain without branches."
-    )
+def _pad_field(x, shape, pads):
+    """A per-element field of per-example `shape`, zero-padded (pads > 0) or cropped (pads < 0) on the spatial axes."""
+    full = np.pad(x.reshape(shape), [(max(a, 0), max(b, 0)) for a, b in pads] + [(0, 0)])
+    keep = tuple(slice(max(-a, 0), full.shape[k] - max(-b, 0)) for k, (a, b) in enumerate(pads))
+    return full[keep].reshape(-1, shape[-1])
+
+
+def _pad(layer, sig: _Signal, out_shape):
+    """ZeroPadding: the added elements are exactly 0 (mean 0, variance 0); Cropping drops elements. Exact."""
+    pads = _pads(layer)
+    src = sig.gaussian()
+    new = _Signal(tuple(out_shape), IDENTITY, _pad_field(src.m, sig.shape, pads), _pad_field(src.v, sig.shape, pads))
+    return new, lambda g: _pad_field(g, tuple(out_shape), -pads)
+
+
+def _unbroadcast(field, shape):
+    """Sum a field over the axes that `shape` (per example, units last) broadcast to reach it."""
+    axes = tuple(k for k, (n, m) in enumerate(zip(shape, field.shape, strict=True)) if n == 1 and m != 1)
+    return field.sum(axis=axes, keepdims=True).reshape(-1, shape[-1])
+
+
+def _merge(layer, sigs: list[_Signal], out_shape):
+    """Merge layers (see the module docstring for each rule): the output signal and the backward map, one E[g^2]
+    field per input."""
+    out_shape = tuple(out_shape)
+    shapes = [
+        s.shape if len(s.shape) == len(out_shape) else (1,) * (len(out_shape) - len(s.shape)) + s.shape for s in sigs
+    ]
+    flat = out_shape[-1]
+    if isinstance(layer, keras.layers.Concatenate):
+        axis = layer.axis % (len(out_shape) + 1) - 1  # per-example axis
+        m = np.concatenate([s.e1.reshape(s.shape) for s in sigs], axis=axis)
+        v = np.concatenate([(s.e2 - s.e1**2).reshape(s.shape) for s in sigs], axis=axis)
+        cuts = np.cumsum([s.shape[axis] for s in sigs])[:-1]
+        new = _Signal(out_shape, IDENTITY, m.reshape(-1, flat), v.reshape(-1, flat))
+        return new, lambda g: [
+            p.reshape(-1, s.shape[-1]) for p, s in zip(np.split(g.reshape(out_shape), cuts, axis), sigs, strict=True)
+        ]
+    e1 = [np.broadcast_to(s.e1.reshape(sh), out_shape) for s, sh in zip(sigs, shapes, strict=True)]
+    e2 = [np.broadcast_to(s.e2.reshape(sh), out_shape) for s, sh in zip(sigs, shapes, strict=True)]
+    if isinstance(layer, keras.layers.Multiply):
+        m, sq = np.prod(e1, axis=0), np.prod(e2, axis=0)
+        new = _Signal(out_shape, IDENTITY, m.reshape(-1, flat), np.maximum(sq - m * m, 0.0).reshape(-1, flat))
+
+        def back(g):
+            g = g.reshape(out_shape)
+            return [
+                _unbroadcast(g * np.prod([e for j, e in enumerate(e2) if j != i], axis=0), sh)
+                for i, sh in enumerate(shapes)
+            ]
+
+        return new, back
+    sign = np.ones(len(sigs))
+    if isinstance(layer, keras.layers.Subtract):
+        sign[1] = -1.0
+    elif isinstance(layer, keras.layers.Average):
+        sign /= len(sigs)
+    m = sum(c * e for c, e in zip(sign, e1, strict=True))
+    v = sum(c * c * (b - a * a) for c, a, b in zip(sign, e1, e2, strict=True))
+    new = _Signal(out_shape, IDENTITY, m.reshape(-1, flat), v.reshape(-1, flat))
+    return new, lambda g: [_unbroadcast(c * c * g.reshape(out_shape), sh) for c, sh in zip(sign, shapes, strict=True)]
+
+
+def _problem(layer, in_shapes) -> str | None:
+    """Why the theory cannot predict this layer, or None."""
+    if not isinstance(layer, keras.layers.Layer):
+        return "an operation, not a layer"
+    if len(in_shapes) > 1 and not isinstance(layer, _MERGE):
+        return f"{len(in_shapes)} inputs"
+    if not isinstance(layer, _KNOWN):
+        return "no rule for this layer"
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return f"data_format={layer.data_format!r} (channels_last only)"
+    if isinstance(layer, keras.layers.BatchNormalization):
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        if axis not in (-1, len(in_shapes[0])):
+            return f"axis={layer.axis!r} (the last axis only)"
+    if isinstance(layer, keras.layers.Concatenate) and layer.axis % (len(in_shapes[0]) + 1) == 0:
+        return "concatenates along the batch axis"
+    try:
+        if isinstance(layer, _ACT_LAYERS):
+            layer_pointwise(layer, in_shapes[0])
+        elif callable(getattr(layer, "activation", None)):
+            pointwise(layer.activation)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _is_softmax(layer) -> bool:
+    try:
+        if isinstance(layer, _ACT_LAYERS):
+            return isinstance(layer, keras.layers.Softmax)
+        return callable(getattr(layer, "activation", None)) and pointwise(layer.activation) == SOFTMAX
+    except ValueError:
+        return False
 
 
 @dataclass
 class _Step:
-    name: str | None  # the monitor's name when this layer is monitored
-    depth: int | None
     pre: _Signal  # the pre-activation
     act: _Signal | None  # the output when the layer applies a nonlinearity (its E[f'^2] scales the gradient)
-    back: Callable  # E[(dC/d.)^2] per element: at the pre-activation -> at the layer's input
-
-
-def _several_inputs(layer) -> bool:
-    try:
-        return isinstance(layer.input, (list, tuple, dict))
-    except (AttributeError, ValueError):  # never called symbolically
-        return False
+    back: Callable  # E[(dC/d.)^2] per element at the pre-activation -> one field per input
 
 
 def _identity_back(g):
     return g
 
 
-def _step(layer, sig: _Signal, training: bool):
-    """(pre-activation signal, output signal, nonlinearity applied, is softmax, backward map of the linear part)."""
-    if isinstance(layer, keras.layers.InputLayer):
-        return sig, sig, False, False, _identity_back
-    if _several_inputs(layer):
-        _unsupported(layer, " (several inputs: the theory follows a chain)")
-    out_shape = _out_shape(layer, sig.shape)
+def _step(layer, sigs: list[_Signal], out_shape, training: bool):
+    """(pre-activation signal, output signal, nonlinearity applied, is softmax, backward map per input)."""
+    if isinstance(layer, _MERGE):
+        new, back = _merge(layer, sigs, out_shape)
+        return new, new, False, False, back
+    sig = sigs[0]
     if isinstance(layer, (keras.layers.Dense, *CONV, *CONV_T, *DEPTHWISE)):
         pre, back = _linear(layer, sig, out_shape)
-        return pre, *_activate(pre, pointwise(layer.activation)), back
+        return pre, *_activate(pre, pointwise(layer.activation)), lambda g: [back(g)]
     if isinstance(layer, keras.layers.Activation):
-        return sig, *_activate(sig, pointwise(layer.activation)), _identity_back
-    if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU)) or (
-        isinstance(layer, keras.layers.Softmax)
-    ):
-        return sig, *_activate(sig, layer_pointwise(layer, sig.shape)), _identity_back
+        return sig, *_activate(sig, pointwise(layer.activation)), lambda g: [g]
+    if isinstance(layer, _ACT_LAYERS):
+        return sig, *_activate(sig, layer_pointwise(layer, sig.shape)), lambda g: [g]
     if isinstance(layer, keras.layers.BatchNormalization):
         new, back = _batchnorm(layer, sig, training)
     elif isinstance(layer, (*_MAXPOOL, *_AVGPOOL, *_GMAXPOOL, *_GAVGPOOL)):
         new, back = _pool(layer, sig, out_shape)
     elif isinstance(layer, _DROPOUT):
         new, back = _dropout(layer, sig, training)
-    elif isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
+    elif isinstance(layer, (*_ZEROPAD, *_CROP)):
+        new, back = _pad(layer, sig, out_shape)
+    else:  # Flatten, Reshape
         new, back = _reshape(sig, out_shape)
-    else:
-        _unsupported(layer)
-    return new, new, False, False, back
+    return new, new, False, False, lambda g: [back(g)]
 
 
 def _activate(pre: _Signal, f):
@@ -374,6 +505,18 @@ def _activate(pre: _Signal, f):
     if f.kind == "id":
         return pre, False, False
     return pre.apply(f), True, False
+
+
+def _top_values(top_grad_var, sinks: list[str]) -> dict[str, float]:
+    """Var(dC/ds) at each sink's pre-activation: one number for all, or one per sink by name."""
+    if not isinstance(top_grad_var, dict):
+        return dict.fromkeys(sinks, float(top_grad_var))
+    if sorted(top_grad_var) != sinks:
+        raise ValueError(
+            "`top_grad_var` as a dict must name exactly the selected layers no other selected layer reads from "
+            f"(where the backward chains start): {sinks}. Received: top_grad_var={top_grad_var!r}"
+        )
+    return {k: float(v) for k, v in top_grad_var.items()}
 
 
 def predict_variance(
@@ -397,11 +540,13 @@ def predict_variance(
     0.5
 
     Args:
-        model: a built Keras model whose layers form a chain (Sequential, or Functional/nested without branches),
-            with a fixed input shape.
+        model: a built Keras model of any kind (Sequential, Functional, nested, subclassed) with one input of a
+            fixed shape.
         input_var: variance of each input element (a number, or one per input feature: the last axis).
         input_mean: mean of each input element (idem). Elements are taken as independent.
-        top_grad_var: Var(dC/ds) at the topmost monitored layer's pre-activation: the start of the backward chain.
+        top_grad_var: Var(dC/ds) at the pre-activation of each sink (a selected layer no other selected layer
+            reads from: the topmost one in a chain), the start of the backward chains; a dict by layer name gives
+            each sink (e.g. each head) its own.
             The default 1 makes the gradient rows relative to it; `compare` anchors them to a measurement.
         training: BatchNormalization with batch statistics and active dropout (the `VarianceMonitor` default), or
             inference mode (moving statistics, no dropout).
@@ -420,63 +565,121 @@ def predict_variance(
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model. Received: model of type {type(model).__name__}")
     for name, val in (("input_var", input_var), ("top_grad_var", top_grad_var)):
-        arr = np.asarray(val, dtype=np.float64) if not isinstance(val, bool) else np.asarray(np.nan)
+        vals = list(val.values()) if isinstance(val, dict) and name == "top_grad_var" else val
+        arr = np.asarray(vals, dtype=np.float64) if not isinstance(vals, bool) else np.asarray(np.nan)
         if not (np.all(np.isfinite(arr)) and np.all(arr >= 0) and np.any(arr > 0)):
             raise ValueError(f"`{name}` must be finite, >= 0 and not all 0. Received: {name}={val!r}")
-    if np.ndim(top_grad_var) != 0:
-        raise ValueError(f"`top_grad_var` must be a number. Received: top_grad_var={top_grad_var!r}")
+    if not isinstance(top_grad_var, dict) and np.ndim(top_grad_var) != 0:
+        raise ValueError(
+            "`top_grad_var` must be a number or a dict of numbers by layer name. "
+            f"Received: top_grad_var={top_grad_var!r}"
+        )
     if isinstance(input_mean, bool) or not np.all(np.isfinite(np.asarray(input_mean, dtype=np.float64))):
         raise ValueError(f"`input_mean` must be finite. Received: input_mean={input_mean!r}")
-    try:
-        inputs = list(model.inputs)
-    except (AttributeError, ValueError) as err:
-        raise ValueError(
-            f"`model` must be built with a known input shape (e.g. keras.Input). Received: model {model.name!r}"
-        ) from err
-    in_shape = tuple(inputs[0].shape[1:]) if len(inputs) == 1 else ()
-    if not in_shape or any(d is None for d in in_shape):
+    graph = call_graph(model)
+    in_shapes = [graph.shapes[r] for r in graph.inputs]
+    if len(in_shapes) != 1 or not in_shapes[0] or any(d is None for d in in_shapes[0]):
         raise ValueError(
             "`model` must have one input with a fixed shape (every axis but the batch known). "
-            f"Received: input shapes {[tuple(x.shape) for x in inputs]}"
+            f"Received: input shapes {in_shapes}"
         )
+    in_shape = in_shapes[0]
+    calls = graph.calls
     targets = {id(t.layer): t for t in select_layers(model, layers)}
+    selected = [c.first and id(c.layer) in targets for c in calls]
+    made = graph.producers()
+    consumers: dict[int, list[int]] = {}
+    for i, c in enumerate(calls):
+        for r in c.inputs:
+            consumers.setdefault(r, []).append(i)
+
+    # The calls the selected layers depend on, and why any of them cannot be predicted: all named in one error.
+    needed = [False] * len(calls)
+    todo = [i for i, s in enumerate(selected) if s]
+    while todo:
+        i = todo.pop()
+        if not needed[i]:
+            needed[i] = True
+            todo.extend(made[r] for r in calls[i].inputs if r in made)
+    softmax_out: dict[int, str] = {}  # tensor -> the softmax it passed through
+    problems = []
+    for i, c in enumerate(calls):
+        after = next((softmax_out[r] for r in c.inputs if r in softmax_out), None)
+        if after is None and _is_softmax(c.layer):
+            after = c.layer.name
+        if after is not None:
+            softmax_out.update((r, after) for r in c.outputs)
+        if not needed[i]:
+            continue
+        why = _problem(c.layer, [graph.shapes[r] for r in c.inputs])
+        outside = [r for r in c.inputs if r not in made and r not in graph.inputs]
+        if why is None and outside:
+            why = "reads a tensor computed outside any layer"
+        if why is None and len(c.outputs) != 1:
+            why = f"{len(c.outputs)} outputs"
+        if why is None and any(r in softmax_out for r in c.inputs):
+            why = f"reads the output of the softmax in {softmax_out[c.inputs[0]]!r} (no elementwise moments)"
+        if why is not None:
+            problems.append((i, f"{c.layer.name!r} ({type(c.layer).__name__}: {why})"))
+    if problems:
+        first = problems[0][0]
+        prefix = [targets[id(c.layer)].name for i, c in enumerate(calls[:first]) if selected[i]]
+        hint = ""
+        if 0 < len(prefix) <= 4:
+            hint = f"; `layers={prefix!r}` predicts the prefix before the first of them"
+        elif prefix:
+            hint = f"; `layers=` naming the {len(prefix)} selected layers up to {prefix[-1]!r} predicts that prefix"
+        raise ValueError(
+            f"`model` has {len(problems)} layer(s) the theory cannot predict: {', '.join(p for _, p in problems)}. "
+            f"Supported: {_SUPPORTED}{hint}."
+        )
+
+    # Forward, in call order.
     n, positions = int(in_shape[-1]), math.prod(in_shape[:-1])
     mean0, var0 = _per_unit(input_mean, n, "input_mean"), _per_unit(input_var, n, "input_var")
-    sig = _Signal(in_shape, IDENTITY, np.tile(mean0, (positions, 1)), np.tile(var0, (positions, 1)))
-
-    rows, steps = [], []
-    softmax_at = None
-    for layer, _parents in leaf_layers(model):
-        t = targets.get(id(layer))
-        if softmax_at is not None and t is not None:
-            raise ValueError(
-                f"`model` has a softmax in layer {softmax_at!r} below the monitored layer {t.name!r}; the theory "
-                "cannot follow a signal through a softmax (only the last monitored layer may have one)."
-            )
-        pre, out, nonlinear, softmax, back = _step(layer, sig, training)
-        if t is not None:
+    sigs = {graph.inputs[0]: _Signal(in_shape, IDENTITY, np.tile(mean0, (positions, 1)), np.tile(var0, (positions, 1)))}
+    rows, steps = [], {}
+    for i, c in enumerate(calls):
+        if not needed[i]:
+            continue
+        pre, out, nonlinear, softmax, back = _step(
+            c.layer, [sigs[r] for r in c.inputs], graph.shapes[c.outputs[0]], training
+        )
+        sigs[c.outputs[0]] = out
+        steps[i] = _Step(pre, out if nonlinear else None, back)
+        if selected[i]:
+            t = targets[id(c.layer)]
             rows.append((t.name, t.index, "preact", pre.var()))
             if not softmax:
                 rows.append((t.name, t.index, "activation", out.var()))
-        if softmax:
-            softmax_at = layer.name
-        steps.append(_Step(t.name if t else None, t.index if t else None, pre, out if nonlinear else None, back))
-        sig = out
 
-    # Backward: from the topmost monitored layer's pre-activation down to the input.
-    monitored = [i for i, st in enumerate(steps) if st.name is not None]
-    top, bottom = (monitored[-1], monitored[0]) if monitored else (-1, 0)
-    g = None
-    for i in range(top, bottom - 1, -1):
-        st = steps[i]
-        if i == top:
-            g = np.full(st.pre.m.shape, float(top_grad_var))
-        elif st.act is not None:
-            g = g * st.act.d
-        if st.name is not None:
-            rows.append((st.name, st.depth, "grad_preact", float(np.mean(g))))
-        if i > bottom:
-            g = st.back(g)
+    # Backward: from the sinks (selected layers no other selected layer reads from, directly or not) down.
+    below = [False] * len(calls)  # a selected call reads from this one, directly or not
+    above = [False] * len(calls)  # this call reads from a selected one, directly or not
+    for i in reversed(range(len(calls))):
+        below[i] = any(selected[j] or below[j] for r in calls[i].outputs for j in consumers.get(r, []))
+    for i, c in enumerate(calls):
+        above[i] = any(selected[made[r]] or above[made[r]] for r in c.inputs if r in made)
+    sinks = {i: targets[id(calls[i].layer)].name for i, s in enumerate(selected) if s and not below[i]}
+    top = _top_values(top_grad_var, sorted(sinks.values()))
+    grads: dict[int, np.ndarray] = {}
+    for i in reversed(range(len(calls))):
+        if i not in steps:
+            continue
+        st, c = steps[i], calls[i]
+        if i in sinks:
+            g = np.full(st.pre.m.shape, top[sinks[i]])
+        elif c.outputs[0] in grads:
+            g = grads.pop(c.outputs[0])
+            g = g if st.act is None else g * st.act.d
+        else:
+            continue
+        if selected[i]:
+            t = targets[id(c.layer)]
+            rows.append((t.name, t.index, "grad_preact", float(np.mean(g))))
+        if above[i]:
+            for r, gi in zip(c.inputs, st.back(g), strict=True):
+                grads[r] = grads[r] + gi if r in grads else gi
     frame = pd.DataFrame(rows, columns=["layer", "depth", "kind", "value"])
     frame.insert(3, "stat", "var")
     frame["depth"] = frame["depth"].astype("int64")

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from keras_initkit import GlorotAvg, GlorotFanIn, He, StandardUniform, kernel_fans
+from keras_initkit.layers import select_layers
 from keras_initkit.theory import THEORY_KINDS, compare, layer_fans, predict_variance
 
 L = keras.layers
@@ -327,21 +328,115 @@ def test_predict_variance_errors():
         ({"input_mean": np.inf}, "`input_mean` must be finite"),
         ({"top_grad_var": 0.0}, "`top_grad_var`"),
         ({"top_grad_var": [1.0, 2.0]}, "`top_grad_var` must be a number"),
+        ({"top_grad_var": {"nope": 1.0}}, "`top_grad_var` as a dict must name exactly"),
     ]:
         with pytest.raises(ValueError, match=match):
             predict_variance(model, **kwargs)
     with pytest.raises(ValueError, match="`model` must be a keras.Model"):
         predict_variance(L.Dense(3))
-    inp = keras.Input((4,))
-    branchy = keras.Model(inp, L.Add()([L.Dense(4)(inp), inp]))
-    with pytest.raises(ValueError, match="several inputs"):
-        predict_variance(branchy)
     with pytest.raises(ValueError, match="cannot predict.*LayerNormalization"):
         predict_variance(keras.Sequential([keras.Input((4,)), L.Dense(3), L.LayerNormalization()]))
     with pytest.raises(ValueError, match="fixed shape"):
         predict_variance(keras.Sequential([keras.Input((None, 3)), L.Conv1D(2, 3)]))
     with pytest.raises(ValueError, match="softmax"):
         predict_variance(keras.Sequential([keras.Input((4,)), L.Dense(3, activation="softmax"), L.Dense(2)]))
+
+
+def _graph(kind: str) -> keras.Model:
+    """Small branching models, each with its own merge rule (He-initialized, width 256)."""
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((WIDTH,))
+    if kind == "add":  # residual: x + f(x), then relu
+        h = L.Dense(WIDTH, activation="relu", kernel_initializer=He(), name="d0")(inp)
+        r = L.Dense(WIDTH, activation="relu", kernel_initializer=He(), name="d1")(h)
+        r = L.Dense(WIDTH, kernel_initializer=He(), name="d2")(r)
+        out = L.Dense(WIDTH, kernel_initializer=He(), name="top")(L.Activation("relu", name="post")(L.Add()([h, r])))
+    elif kind == "concatenate":  # unequal widths, then a mixing layer
+        a = L.Dense(64, activation="tanh", kernel_initializer=GlorotAvg(), name="a")(inp)
+        b = L.Dense(192, activation="relu", kernel_initializer=He(), name="b")(inp)
+        out = L.Dense(WIDTH, kernel_initializer=He(), name="top")(L.Concatenate()([a, b]))
+    elif kind == "multiply":  # two branches from the input, uncorrelated on average over the weights
+        a = L.Dense(WIDTH, activation="tanh", kernel_initializer=GlorotAvg(), name="a")(inp)
+        b = L.Dense(WIDTH, kernel_initializer=GlorotAvg(), name="b")(inp)
+        out = L.Dense(WIDTH, kernel_initializer=GlorotAvg(), name="top")(L.Multiply()([a, b]))
+    elif kind == "shared":  # one layer called twice
+        d = L.Dense(WIDTH, activation="tanh", kernel_initializer=GlorotAvg(), name="shared")
+        out = L.Dense(WIDTH, kernel_initializer=GlorotAvg(), name="top")(d(L.Dense(WIDTH, name="d0")(d(inp))))
+    else:  # "padding": zero padding then a valid conv; pooled to one head
+        x = L.Reshape((16, 16, 1))(inp)
+        x = L.Conv2D(32, 3, activation="relu", kernel_initializer=He(), name="c0")(L.ZeroPadding2D(2)(x))
+        x = L.Conv2D(32, 3, kernel_initializer=He(), name="c1")(L.ZeroPadding2D(((0, 3), (1, 0)))(x))
+        out = L.Dense(16, kernel_initializer=He(), name="top")(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, out, name=kind)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="VarianceMonitor needs the TensorFlow backend")
+@pytest.mark.parametrize("kind", ["add", "concatenate", "multiply", "shared", "padding"])
+def test_branching_graphs_against_the_monitor(kind):
+    """Merge rules against VarianceMonitor: forward within 10% and backward within 15% at every monitored layer
+    (before graphs: Add, Concatenate, Multiply, ZeroPadding refused; the shared layer silently 1.83x off)."""
+    from keras_initkit.monitor import VarianceMonitor
+
+    model = _graph(kind)
+    model.compile(loss=lambda y, p: keras.ops.mean(y * p, axis=-1))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, WIDTH)).astype("float32")
+    y = np.sign(rng.standard_normal((512, *model.output.shape[1:]))).astype("float32")
+    table = compare(VarianceMonitor(probe=(x, y), stats=["var"]).measure(model), predict_variance(model))
+    assert len(table) == 3 * len(select_layers(model, None))
+    fwd, bwd = table[table["kind"] != "grad_preact"], table[table["kind"] == "grad_preact"]
+    np.testing.assert_allclose(fwd["ratio"], 1.0, rtol=0.10, err_msg=fwd.to_string())
+    np.testing.assert_allclose(bwd["ratio"], 1.0, rtol=0.15, err_msg=bwd.to_string())
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="VarianceMonitor needs the TensorFlow backend")
+def test_side_output_and_subclassed_model():
+    """A side output is a second sink: the trunk's forward signal is not fed through it (before: ratio 0.027, no
+    error), and each sink may get its own top_grad_var. A subclassed model is predicted in its forward order."""
+    from keras_initkit.monitor import VarianceMonitor
+
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((WIDTH,))
+    h = L.Dense(WIDTH, activation="relu", kernel_initializer=He(), name="trunk")(inp)
+    side = L.Dense(10, kernel_initializer=He(), name="side")(h)
+    main = L.Dense(WIDTH, activation="relu", kernel_initializer=He(), name="main")(h)
+    model = keras.Model(inp, [L.Dense(3, kernel_initializer=He(), name="head")(main), side])
+    x = np.random.default_rng(4).standard_normal((512, WIDTH)).astype("float32")
+    forward = VarianceMonitor(probe=x, stats=["var"], kinds=("preact", "activation"))
+    table = compare(forward.measure(model), predict_variance(model, top_grad_var={"side": 1.0, "head": 2.0}))
+    np.testing.assert_allclose(table["ratio"], 1.0, rtol=0.10, err_msg=table.to_string())
+    grads = predict_variance(model, top_grad_var={"side": 1.0, "head": 2.0}).query("kind == 'grad_preact'")
+    assert grads.set_index("layer")["value"][["side", "head"]].tolist() == [1.0, 2.0]
+
+    class HeadFirst(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.head = L.Dense(8, kernel_initializer=He(), name="head")
+            self.body = L.Dense(WIDTH, activation="relu", kernel_initializer=He(), name="body")
+
+        def call(self, x):
+            return self.head(self.body(x))
+
+    sub = HeadFirst()
+    sub(x[:1])
+    predicted = predict_variance(sub)
+    assert predicted.drop_duplicates("layer")[["layer", "depth"]].values.tolist() == [["body", 0], ["head", 1]]
+    measured = VarianceMonitor(probe=x, stats=["var"], kinds=("preact", "activation")).measure(sub)
+    np.testing.assert_allclose(compare(measured, predicted)["ratio"], 1.0, rtol=0.10)
+
+
+def test_one_error_names_every_layer_the_theory_cannot_predict_and_a_prefix_is_predicted():
+    inp = keras.Input((8,))
+    h = L.Dense(8, name="d0")(inp)
+    h = L.Dense(8, activation="relu", name="d1")(h)
+    a = L.LayerNormalization(name="norm")(h)
+    b = L.Maximum(name="max")([h, L.Dense(8, name="d2")(h)])
+    model = keras.Model(inp, L.Dense(2, name="out")(L.Add(name="add")([a, b])))
+    with pytest.raises(ValueError, match=r"2 layer\(s\).*'norm' \(LayerNormalization.*'max' \(Maximum") as err:
+        predict_variance(model)
+    assert "`layers=['d0', 'd1']` predicts the prefix" in str(err.value)
+    prefix = predict_variance(model, layers=["d0", "d1", "d2"])
+    assert prefix.drop_duplicates("layer")["layer"].tolist() == ["d0", "d1", "d2"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
