@@ -40,9 +40,8 @@ Choices the paper leaves open, fixed before the study's grid was run (also in th
 SMOKE: the whole pipeline (tables, claims, figures, report) in seconds: 2 hidden layers of 16 units, 60 steps, the
 base rate only, one seed, and one 3-layer deep net per BN setting (B3, B4 and X1 are N/A in it).
 
-Run: `make study-bn` (the QUICK profile) or
-`python -m keras_initkit.study.cli batchnorm --profile quick|paper|smoke [--data-path mnist.npz] [--engine process
---jobs 2]`.
+Run: `make study-bn` (QUICK) or `python -m keras_initkit.study.cli batchnorm --profile quick|paper|smoke [--data-path
+mnist.npz] [--engine process --jobs 2]`.
 QUICK (26 trials) used 281 CPU-seconds in a measured run with `--engine process --jobs 2` (430 s of wall time on 2
 busy cores; on 2 idle cores about 2.5 minutes so, 5 serially: estimates from the CPU time, not measured).
 The 30-layer nets' curves depend on float rounding (thread count): a serial run (2 TF threads) of the same seeds gave
@@ -112,7 +111,7 @@ RULES = {
     "mean acc(FixedNormal(0.01)), without and with BN, each with the standard error of the difference. PASS iff "
     "|gap(BN)| < |gap(no BN)| by more than the combined standard error sqrt(SE_bn^2 + SE_nobn^2).",
 }
-PAPER_STEPS = {"Inception": 31.0, "BN-Baseline": 13.3, "BN-x5": 2.1, "BN-x30": 2.7}  # millions of steps to 72.2%
+# Millions of steps to 72.2%: Inception 31.0, BN-Baseline 13.3, BN-x5 2.1, BN-x30 2.7; the speed-ups over Inception:
 PAPER_SPEEDUP = {1: 31.0 / 13.3, 5: 31.0 / 2.1, 30: 31.0 / 2.7}
 TRIAL_KEYS = ("part", "bn", "lr_mult", "init", "seed")
 DEEP_INITS = {"fixed": "fixed", "he": "he_fan_in"}  # the deep nets' inits -> their `make_initializer` names
@@ -298,8 +297,7 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"`seeds` must hold at least one seed. Received: seeds={cfg.seeds}")
     if not 0 <= cfg.track_unit < cfg.width:
         raise ValueError(f"`track_unit` must be in [0, width={cfg.width}). Received: track_unit={cfg.track_unit}")
-    bad = [i for i in cfg.deep_inits if i not in DEEP_INITS]
-    if bad:
+    if any(i not in DEEP_INITS for i in cfg.deep_inits):
         raise ValueError(f"`deep_inits` must be among {tuple(DEEP_INITS)}. Received: {cfg.deep_inits}")
     if cfg.deep_seeds and cfg.deep_depth < len(cfg.deep_widths) + 1:
         raise ValueError(f"`deep_depth` must be >= len(deep_widths) + 1. Received: deep_depth={cfg.deep_depth}")
@@ -319,11 +317,6 @@ def trials(cfg: Config) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- one trial
-
-
-def _data(cfg: Config):
-    """The Config's data set (cached per process: every trial of a run shares it)."""
-    return load_data(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed, path=cfg.data_path)
 
 
 def paper_mlp(cfg: Config, input_dim: int, num_classes: int, seed: int, batchnorm: bool) -> keras.Model:
@@ -406,7 +399,7 @@ def _run_mlp(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
 
     start, seed = time.perf_counter(), int(trial["seed"])
     keras.utils.set_random_seed(derive_seed(seed, "fit", "mlp"))
-    d = _data(cfg)
+    d = load_data(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed, path=cfg.data_path)
     x, x_test = d.x_train.reshape(len(d.x_train), -1), d.x_test.reshape(len(d.x_test), -1)
     lr = cfg.base_lr * trial["lr_mult"]
     arch = ("mlp", trial["bn"], x.shape[1], d.num_classes, cfg.n_hidden, cfg.width, cfg.bn_momentum, cfg.eval_every)
@@ -424,8 +417,7 @@ def _run_mlp(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     with _forward_only():
         curve = _fit(entry.model, x, d.y_train, x_test, d.y_test, x[: cfg.bn_stat_examples], cfg.batch_size,
                      cfg.steps, cfg.eval_every, seed, callbacks=[monitor])  # fmt: skip
-    layer = monitor.to_frame()
-    unit = monitor.unit_frame()
+    layer, unit = monitor.to_frame(), monitor.unit_frame()
     percentiles = pd.concat(
         [layer[layer["kind"] == "preact"].assign(scope="layer"),
          unit[unit["kind"] == "preact"].drop(columns="unit").assign(scope="unit")], ignore_index=True,
@@ -437,7 +429,7 @@ def _run_mlp(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
 def _run_deep(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     start, seed = time.perf_counter(), int(trial["seed"])
     keras.utils.set_random_seed(derive_seed(seed, "fit", "deep"))
-    d = _data(cfg)
+    d = load_data(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed, path=cfg.data_path)
     arch = ("deep", trial["bn"], d.x_train.shape[1:], d.num_classes, cfg.deep_depth, cfg.deep_widths)
     arch += (cfg.deep_momentum, cfg.deep_eval_every)
     model = _fresh(
@@ -510,8 +502,8 @@ def drift_table(percentiles: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (bn, mult, seed, scope), g in sel.groupby(["bn", "lr_mult", "seed", "scope"], sort=True):
         wide = g.pivot_table(index="step", columns="stat", values="value").sort_index()
-        row = {"net": net_label(bool(bn)), "bn": bool(bn), "lr_mult": mult, "seed": seed, "scope": scope}
-        row["layer"] = str(g["layer"].iloc[0])
+        row = {"net": net_label(bool(bn)), "bn": bool(bn), "lr_mult": mult, "seed": seed, "scope": scope,
+               "layer": str(g["layer"].iloc[0])}  # fmt: skip
         for q in PERCENTILES:
             v = wide[q].to_numpy(dtype=float)
             row[f"drift_{q}"] = float(np.max(v) - np.min(v)) if np.isfinite(v).all() else float("inf")
@@ -527,9 +519,8 @@ def claim_b1(speed: pd.DataFrame, outcomes: pd.DataFrame, target: float) -> dict
     bn1 = outcomes[(outcomes["bn"]) & (outcomes["lr_mult"] == 1.0)] if len(outcomes) else outcomes
     if len(base) == 0 or len(bn1) == 0 or not np.isfinite(target):
         return _claim("B1", "N/A", "no BN and no-BN trials at the base rate", paper)
-    ok = bool((bn1["steps_to_target"] >= 0).all()) and bool(
-        bn1["steps_to_target"].max() < base.loc[base["steps_to_target"] >= 0, "steps_to_target"].min()
-    )
+    fastest_no_bn = base.loc[base["steps_to_target"] >= 0, "steps_to_target"].min()
+    ok = bool((bn1["steps_to_target"] >= 0).all()) and bool(bn1["steps_to_target"].max() < fastest_no_bn)
     paired = base.merge(bn1, on="seed", suffixes=("_no", "_bn"))
     paired = paired[(paired["steps_to_target_no"] > 0) & (paired["steps_to_target_bn"] > 0)]
     ratios = paired["steps_to_target_no"] / paired["steps_to_target_bn"]
@@ -648,13 +639,10 @@ def claim_x1(deep_final: pd.DataFrame) -> dict:
 
 def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Steps to target, outcomes per trial, percentile drifts, the deep nets, and the claims B1-B4, X1."""
-    final = tables.get("final", pd.DataFrame(columns=["part", "bn", "lr_mult", "final_acc"]))
-    curves = tables.get("curves", pd.DataFrame(columns=["bn", "lr_mult", "seed", "step", "acc"]))
-    percentiles = tables.get("percentiles", pd.DataFrame(columns=["depth", "stat", "bn", "lr_mult", "seed", "scope"]))
-    deep_final = tables.get("deep_final", pd.DataFrame(columns=["init", "bn", "final_acc", "final_acc_ema"]))
-    for frame in (final, curves, percentiles, deep_final):
-        if "bn" in frame.columns:
-            frame["bn"] = frame["bn"].astype(bool)
+    empty = pd.DataFrame(columns=[*TRIAL_KEYS, "step", "acc", "final_acc", "final_acc_ema", "depth", "stat", "scope"])
+    final, curves, percentiles, deep_final = (
+        tables.get(name, empty).astype({"bn": bool}) for name in ("final", "curves", "percentiles", "deep_final")
+    )
     target = target_accuracy(final)
     outcomes = trial_outcomes(curves, final, target)
     speed = speed_table(outcomes, target) if len(outcomes) else pd.DataFrame()
@@ -714,9 +702,9 @@ def _bn_eval_figure(curves: pd.DataFrame):
 
 
 def _deep_figure(deep_curves: pd.DataFrame):
-    """X1: held-out accuracy of the deep ReLU nets per init (line style) and net (colour)."""
+    """X1: held-out accuracy of the deep ReLU nets, one panel per init, one colour per net."""
     frame = deep_curves.assign(init=deep_curves["init"].map({"fixed": "FixedNormal(0.01)", "he": "He"}))
-    return _curves(frame, style="init", title="Deep plain ReLU net (build_vgg): mean and min-max over seeds")
+    return _curves(frame, col="init", col_label="{level}", title="Deep plain ReLU net: mean and min-max over seeds")
 
 
 def _percentile_figure(percentiles: pd.DataFrame, scope: str):
@@ -733,38 +721,32 @@ def _percentile_figure(percentiles: pd.DataFrame, scope: str):
     return percentile_bands(base, "preact", col="panel", title=title)
 
 
-def _bars(ax, frame: pd.DataFrame, value: str, mults: list, label_never: bool = False) -> None:
-    """Per multiplier, one bar per net: the mean of `value` (dots: the seeds); with `label_never`, a negative value
-    means "never" (left out of the bar, counted in a note; the bar hatched when some seed never got there)."""
-    colors = _net_colors()
-    top = max(float(frame[value].max()), 1.0) if len(frame) else 1.0
-    for k, net in enumerate(NET_LABELS):
-        for i, m in enumerate(mults):
-            g = frame.loc[(frame["net"] == net) & (frame["lr_mult"] == m), value]
-            hit = g[g >= 0] if label_never else g
-            p = i + (k - 0.5) * 0.38
-            full = len(hit) == len(g) and len(g) > 0
-            if len(hit):
-                ax.bar(p, hit.mean(), width=0.36, color=colors[net], alpha=0.7 if full else 0.3,
-                       hatch=None if full else "//", label=net if i == 0 and full else None)  # fmt: skip
-            if label_never and not full:
-                ax.text(p, 0.02 * top, f"{len(g) - len(hit)}/{len(g)}\nnever", ha="center", fontsize=7)
-            ax.scatter([p] * len(hit), hit, color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(mults)), [f"x{m:g}" for m in mults])
-    ax.legend(fontsize=7)
-
-
 def _bar_figure(frame: pd.DataFrame, value: str, ylabel: str, title: str, never: bool = False):
-    """`_bars` of `value` against the multiplier, one panel per scope ("unit", "layer") where the frame has one."""
+    """Per multiplier, one bar per net: the mean of `value` over the seeds (dots: the seeds); one panel per scope
+    ("unit", "layer") where the frame has that column. With `never`, a negative value means "never reached": left
+    out of the bar (hatched then) and counted in a note."""
     from matplotlib.figure import Figure
 
+    colors, mults, top = _net_colors(), sorted(frame["lr_mult"].unique()), max(float(frame[value].max()), 1.0)
     scopes = [s for s in ("unit", "layer") if s in set(frame.get("scope", []))] or [None]
     fig = Figure(figsize=(4.5 * len(scopes) + 1, 3.4), layout="constrained")
     for ax, scope in zip(fig.subplots(1, len(scopes), squeeze=False)[0], scopes, strict=True):
-        _bars(ax, frame if scope is None else frame[frame["scope"] == scope], value, sorted(frame["lr_mult"].unique()),
-              never)  # fmt: skip
+        sub = frame if scope is None else frame[frame["scope"] == scope]
+        for k, net in enumerate(NET_LABELS):
+            for i, m in enumerate(mults):
+                g = sub.loc[(sub["net"] == net) & (sub["lr_mult"] == m), value]
+                hit = g[g >= 0] if never else g
+                p, full = i + (k - 0.5) * 0.38, len(hit) == len(g) > 0
+                if len(hit):
+                    ax.bar(p, hit.mean(), width=0.36, color=colors[net], alpha=0.7 if full else 0.3,
+                           hatch=None if full else "//", label=net if i == 0 and full else None)  # fmt: skip
+                if never and not full:
+                    ax.text(p, 0.02 * top, f"{len(g) - len(hit)}/{len(g)}\nnever", ha="center", fontsize=7)
+                ax.scatter([p] * len(hit), hit, color="k", s=8, zorder=3)
+        ax.set_xticks(range(len(mults)), [f"x{m:g}" for m in mults])
         ax.set(yscale="linear" if never else "log", ylabel=ylabel, xlabel="learning-rate multiplier",
                title={"unit": "tracked unit", "layer": "whole layer"}.get(scope, ""))  # fmt: skip
+        ax.legend(fontsize=7)
     fig.suptitle(f"{title}; bars: mean, dots: seeds", fontsize=10)
     return fig
 
