@@ -9,9 +9,9 @@ BatchNormalization -> sigmoid), each at 1x, 5x and 30x a base learning rate (the
 - Fig 1b/c (B2): the 15th/50th/85th percentiles over training of the sigmoid input of one unit of the last hidden
   layer, and of the whole layer, and their drift (max - min over training).
 - Sec 4.2 (B3, B4): divergence, steps to the target and final accuracy at the raised rates.
-- X1, not in the paper: BN on the VGG study's deep plain ReLU net (30 layers, `studies.vgg_depth.build_vgg`) with its
-  worst init, FixedNormal(0.01), and with He init, with and without BN at the same budget: does BN make the init
-  matter less?
+- X1, not in the paper: BN on the VGG study's deep plain ReLU net (30 layers, `keras_initkit.study.models.build_vgg`)
+  with its worst init, FixedNormal(0.01), and with He init, with and without BN at the same budget: does BN make the
+  init matter less?
 
 Choices the paper leaves open, fixed before the study's grid was run (also in the Config):
 - Plain SGD (no momentum, no decay, constant rate); every kernel N(0, 0.1^2) (the std of the 2015 TensorFlow "Deep
@@ -24,10 +24,8 @@ Choices the paper leaves open, fixed before the study's grid was run (also in th
 - BN nets are evaluated in inference mode (`training=False`). Keras' moving averages (momentum 0.99, a memory of
   ~100 steps) start at mean 0, variance 1 and lag behind early in training, so before each evaluation the population
   statistics are re-estimated: the mean and variance of each BN layer's input over `bn_stat_examples` training
-  examples taken as one batch, the net in training mode (Alg 2 of the paper, with one large batch instead of an
-  average over mini-batches). They are assigned for the evaluation and the moving averages restored afterwards, so
-  training never sees them. The accuracy with Keras' own moving averages is recorded beside (`acc_ema`, figure
-  bn_evaluation).
+  examples taken as one batch, the net in training mode (Alg 2 of the paper, with one large batch), assigned for the
+  evaluation only. The accuracy with Keras' own moving averages is recorded beside (`acc_ema`, figure bn_evaluation).
 - Fig 1b/c statistics: `VarianceMonitor` on a fixed probe of `probe_examples` training examples every
   `record_every` steps, the net in training mode (a BN layer normalizes by the probe's own statistics; nothing is
   updated); the tracked unit is unit `track_unit` of each hidden layer, the figures use the last one.
@@ -39,11 +37,13 @@ Choices the paper leaves open, fixed before the study's grid was run (also in th
   gave X1 PASS as well, with He without BN still half-trained, 0.444 +- 0.236: the budget went back to the VGG
   study's 400 after it.)
 
-Run: `make study-bn` (the QUICK profile) or
-`python -m keras_initkit.study.cli batchnorm --profile quick|paper [--data-path mnist.npz] [--engine process --jobs 2]`.
+SMOKE: the whole pipeline (tables, claims, figures, report) in seconds: 2 hidden layers of 16 units, 60 steps, the
+base rate only, one seed, and one 3-layer deep net per BN setting (B3, B4 and X1 are N/A in it).
+
+Run: `make study-bn` (QUICK) or `python -m keras_initkit.study.cli batchnorm --profile quick|paper|smoke [--data-path
+mnist.npz] [--engine process --jobs 2]`.
 QUICK (26 trials) used 281 CPU-seconds in a measured run with `--engine process --jobs 2` (430 s of wall time on 2
-cores shared with other jobs). On 2 idle cores that is about 2.5 minutes with the process engine and 2 jobs, and
-about 5 minutes serially (estimates from the CPU time, not measured on idle cores): use `--engine process --jobs 2`.
+busy cores; on 2 idle cores about 2.5 minutes so, 5 serially: estimates from the CPU time, not measured).
 The 30-layer nets' curves depend on float rounding (thread count): a serial run (2 TF threads) of the same seeds gave
 final accuracies He without BN 0.947 +- 0.013 (here 0.747 +- 0.178), FixedNormal with BN 0.915 +- 0.033 (0.904),
 He with BN 0.906 +- 0.043 (0.873), FixedNormal without BN 0.078 (the same); the MLP accuracy tables were
@@ -53,6 +53,7 @@ Results: results/batchnorm/<profile>/, and the QUICK report in docs/results/batc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -64,9 +65,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from keras_initkit.initializers import FixedNormal
+from keras_initkit.study.data import load_data
 from keras_initkit.study.grid import derive_seed, expand_grid
 from keras_initkit.study.metrics import accuracy
+from keras_initkit.study.models import build_mlp, build_vgg
+from keras_initkit.study.summary import claim_row, se_diff, spread, with_trial
+from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve
 
 NAME = "batchnorm"
 
@@ -107,10 +111,10 @@ RULES = {
     "mean acc(FixedNormal(0.01)), without and with BN, each with the standard error of the difference. PASS iff "
     "|gap(BN)| < |gap(no BN)| by more than the combined standard error sqrt(SE_bn^2 + SE_nobn^2).",
 }
-PAPER_STEPS = {"Inception": 31.0, "BN-Baseline": 13.3, "BN-x5": 2.1, "BN-x30": 2.7}  # millions of steps to 72.2%
+# Millions of steps to 72.2%: Inception 31.0, BN-Baseline 13.3, BN-x5 2.1, BN-x30 2.7; the speed-ups over Inception:
 PAPER_SPEEDUP = {1: 31.0 / 13.3, 5: 31.0 / 2.1, 30: 31.0 / 2.7}
 TRIAL_KEYS = ("part", "bn", "lr_mult", "init", "seed")
-DEEP_INITS = ("fixed", "he")
+DEEP_INITS = {"fixed": "fixed", "he": "he_fan_in"}  # the deep nets' inits -> their `make_initializer` names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +163,11 @@ class Config:
     # one MLP trial per seed, net and multiplier; the seed fixes the initial weights (the same with and without BN)
     # and the order of the mini-batches
     seeds: tuple[int, ...] = (0, 1, 2)
-    # the extra comparison X1: the deep plain ReLU net of the VGG study (studies/vgg_depth.build_vgg: 3x3 convs,
-    # a linear classifier), weight layers
+    # the extra comparison X1: the deep plain ReLU net of the VGG study (keras_initkit.study.models.build_vgg: 3x3
+    # convs, a linear classifier), weight layers
     deep_depth: int = 30
     # inits of the deep nets: "fixed" (FixedNormal(0.01), the VGG study's worst) and "he" (He fan_in)
-    deep_inits: tuple[str, ...] = DEEP_INITS
+    deep_inits: tuple[str, ...] = tuple(DEEP_INITS)
     # channels of each conv stage of the deep nets (the VGG study's QUICK uses (32,); narrower here for time)
     deep_widths: tuple[int, ...] = (16,)
     # SGD steps of every deep trial, with and without BN (the same budget; the VGG study's QUICK)
@@ -184,22 +188,16 @@ class Config:
 
 QUICK = Config()
 PAPER = Config(
-    data="mnist",
-    steps=50_000,
-    eval_every=500,
-    record_every=500,
-    final_evals=5,
-    bn_stat_examples=5000,
-    probe_examples=1000,
-    seeds=(0, 1, 2, 3, 4),
-    deep_widths=(64, 128, 256, 512),
-    deep_steps=20 * 390,
-    deep_lr=1e-2,
-    deep_batch_size=128,
-    deep_eval_every=390,
-    deep_seeds=(0, 1, 2),
-)
-PROFILES = {"quick": QUICK, "paper": PAPER}
+    data="mnist", steps=50_000, eval_every=500, record_every=500, final_evals=5, bn_stat_examples=5000,
+    probe_examples=1000, seeds=(0, 1, 2, 3, 4), deep_widths=(64, 128, 256, 512), deep_steps=20 * 390, deep_lr=1e-2,
+    deep_batch_size=128, deep_eval_every=390, deep_seeds=(0, 1, 2),
+)  # fmt: skip
+SMOKE = Config(
+    n_hidden=2, width=16, lr_multipliers=(1.0,), steps=60, eval_every=20, record_every=20, final_evals=2,
+    bn_stat_examples=200, probe_examples=100, seeds=(0,), deep_depth=3, deep_inits=("fixed",), deep_widths=(4,),
+    deep_steps=40, deep_eval_every=20, deep_stat_examples=64, deep_seeds=(0,),
+)  # fmt: skip
+PROFILES = {"quick": QUICK, "paper": PAPER, "smoke": SMOKE}
 
 
 # ------------------------------------------------------------------------------------------------ BN helpers
@@ -215,20 +213,13 @@ def population_statistics(model: keras.Model, x) -> list[tuple[np.ndarray, np.nd
 
     Assigned as moving statistics (`set_bn_statistics`), they make the inference-mode net compute on `x` exactly what
     the training-mode net computes on the batch `x`: Ioffe & Szegedy's Alg 2 with one large batch. Nothing in the
-    model changes.
+    model changes. (The function x -> moments, the net in training mode, is compiled once and cached on the model.)
     """
-    if not batchnorm_layers(model):
+    bns = batchnorm_layers(model)
+    if not bns:
         return []
-    outs = _bn_moments_fn(model)(np.asarray(x, dtype="float32"))
-    return [(keras.ops.convert_to_numpy(m), keras.ops.convert_to_numpy(v)) for m, v in outs]
-
-
-def _bn_moments_fn(model: keras.Model):
-    """A compiled function x -> [(mean, var) of the input of each BN layer], the net in training mode, nothing
-    updated (cached on the model)."""
     cache = model.__dict__.setdefault("_batchnorm_study_cache", {})
     if "moments" not in cache:
-        bns = batchnorm_layers(model)
         features = keras.Model(model.inputs[0], [bn.input for bn in bns])
         axes = []
         for bn, tensor in zip(bns, features.outputs, strict=True):
@@ -246,15 +237,14 @@ def _bn_moments_fn(model: keras.Model):
 
             call = tf.function(call, reduce_retracing=True)
         cache["moments"] = call
-    return cache["moments"]
+    outs = cache["moments"](np.asarray(x, dtype="float32"))
+    return [(keras.ops.convert_to_numpy(m), keras.ops.convert_to_numpy(v)) for m, v in outs]
 
 
 def bn_statistics(model: keras.Model) -> list[tuple[np.ndarray, np.ndarray]]:
     """The moving mean and variance of every BatchNormalization layer, as numpy arrays."""
-    return [
-        (keras.ops.convert_to_numpy(bn.moving_mean), keras.ops.convert_to_numpy(bn.moving_variance))
-        for bn in batchnorm_layers(model)
-    ]
+    arrays = keras.ops.convert_to_numpy
+    return [(arrays(bn.moving_mean), arrays(bn.moving_variance)) for bn in batchnorm_layers(model)]
 
 
 def set_bn_statistics(model: keras.Model, stats: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -294,210 +284,100 @@ def check_config(cfg: Config) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-    if cfg.record_every % cfg.eval_every:
-        raise ValueError(
-            f"`record_every` must be a multiple of `eval_every`={cfg.eval_every}. Received: {cfg.record_every}"
-        )
-    if cfg.steps % cfg.eval_every:
-        raise ValueError(f"`steps` must be a multiple of `eval_every`={cfg.eval_every}. Received: steps={cfg.steps}")
-    if cfg.final_evals > cfg.steps // cfg.eval_every:
-        raise ValueError(
-            f"`final_evals` must be <= steps / eval_every = {cfg.steps // cfg.eval_every}. Received: {cfg.final_evals}"
-        )
+    deep = (("deep_steps", "deep_eval_every"),) if cfg.deep_seeds else ()
+    for steps, every in (("steps", "eval_every"), ("record_every", "eval_every"), *deep):
+        n, k = getattr(cfg, steps), getattr(cfg, every)
+        if n % k:
+            raise ValueError(f"`{steps}` must be a multiple of `{every}`={k}. Received: {steps}={n}")
+        if steps != "record_every" and cfg.final_evals > n // k:
+            raise ValueError(f"`final_evals` must be <= {steps} / {every} = {n // k}. Received: {cfg.final_evals}")
     if not cfg.lr_multipliers or 1.0 not in cfg.lr_multipliers or min(cfg.lr_multipliers) <= 0:
-        raise ValueError(
-            f"`lr_multipliers` must be positive and include 1 (the base rate). Received: {cfg.lr_multipliers}"
-        )
+        raise ValueError(f"`lr_multipliers` must be > 0 and include 1 (the base rate). Received: {cfg.lr_multipliers}")
     if not cfg.seeds:
         raise ValueError(f"`seeds` must hold at least one seed. Received: seeds={cfg.seeds}")
     if not 0 <= cfg.track_unit < cfg.width:
         raise ValueError(f"`track_unit` must be in [0, width={cfg.width}). Received: track_unit={cfg.track_unit}")
-    bad = [i for i in cfg.deep_inits if i not in DEEP_INITS]
-    if bad:
-        raise ValueError(f"`deep_inits` must be among {DEEP_INITS}. Received: {cfg.deep_inits}")
+    if any(i not in DEEP_INITS for i in cfg.deep_inits):
+        raise ValueError(f"`deep_inits` must be among {tuple(DEEP_INITS)}. Received: {cfg.deep_inits}")
     if cfg.deep_seeds and cfg.deep_depth < len(cfg.deep_widths) + 1:
-        raise ValueError(
-            f"`deep_depth` must be >= len(deep_widths) + 1 = {len(cfg.deep_widths) + 1}. Received: {cfg.deep_depth}"
-        )
-    if cfg.deep_seeds and cfg.deep_steps % cfg.deep_eval_every:
-        raise ValueError(
-            f"`deep_steps` must be a multiple of `deep_eval_every`={cfg.deep_eval_every}. Received: {cfg.deep_steps}"
-        )
-    if cfg.deep_seeds and cfg.final_evals > cfg.deep_steps // cfg.deep_eval_every:
-        raise ValueError(
-            f"`final_evals` must be <= deep_steps / deep_eval_every = {cfg.deep_steps // cfg.deep_eval_every}. "
-            f"Received: {cfg.final_evals}"
-        )
+        raise ValueError(f"`deep_depth` must be >= len(deep_widths) + 1. Received: deep_depth={cfg.deep_depth}")
 
 
 def trials(cfg: Config) -> list[dict]:
     """The deep grid (net x init x seed, BN first), then the MLP grid (net x multiplier x seed, BN first): the
     longest trials first, so that a pool of workers finishes together."""
     check_config(cfg)
-    mlp = expand_grid(
-        {
-            "part": ["mlp"],
-            "bn": [True, False],
-            "lr_mult": [float(m) for m in cfg.lr_multipliers],
-            "init": ["normal"],
-            "seed": [int(s) for s in cfg.seeds],
-        }
-    )
-    deep = []
-    if cfg.deep_seeds and cfg.deep_depth > 0:
-        deep = expand_grid(
-            {
-                "part": ["deep"],
-                "bn": [True, False],
-                "lr_mult": [1.0],
-                "init": list(cfg.deep_inits),
-                "seed": [int(s) for s in cfg.deep_seeds],
-            }
-        )
+    mlp = expand_grid({"part": ["mlp"], "bn": [True, False], "lr_mult": [float(m) for m in cfg.lr_multipliers],
+                       "init": ["normal"], "seed": [int(s) for s in cfg.seeds]})  # fmt: skip
+    if not cfg.deep_seeds or cfg.deep_depth <= 0:
+        return mlp
+    deep = expand_grid({"part": ["deep"], "bn": [True, False], "lr_mult": [1.0], "init": list(cfg.deep_inits),
+                        "seed": [int(s) for s in cfg.deep_seeds]})  # fmt: skip
     return deep + mlp
 
 
-# ------------------------------------------------------------------------------------------------ data, nets
+# ---------------------------------------------------------------------------------------------------- one trial
 
 
-@functools.lru_cache(maxsize=2)
-def _data(name: str, path: str | None, n_train: int | None, n_test: int | None, seed: int):
-    from keras_initkit.datasets import load
-
-    return load(name, n_train=n_train, n_test=n_test, seed=seed, path=path)
-
-
-def load_data(cfg: Config):
-    """The Config's data set (cached per process: every trial of a run shares it)."""
-    return _data(cfg.data, cfg.data_path, cfg.n_train, cfg.n_test, cfg.data_seed)
-
-
-def build_mlp(
-    input_dim: int,
-    num_classes: int,
-    n_hidden: int,
-    width: int,
-    init_std: float,
-    seed: int,
-    batchnorm: bool = False,
-    bn_momentum: float = 0.99,
-) -> keras.Model:
-    """The paper's MNIST net: for i = 1..n_hidden, `dense_i` (width units) -> [`bn_i` BatchNormalization] ->
-    `sigmoid_i` (Activation), then the `output` logits (softmax in the loss).
-
-    Every kernel is N(0, init_std^2) with its own seed derived from (seed, layer index): the nets with and without BN
-    start from the same kernels. With BN the hidden Dense layers have no bias (BN's beta replaces it, Sec 3.2);
-    biases start at 0.
-    """
-    inputs = keras.Input((input_dim,), name="x")
-    x = inputs
-    for i in range(n_hidden):
-        x = keras.layers.Dense(
-            width,
-            use_bias=not batchnorm,
-            kernel_initializer=FixedNormal(init_std, seed=derive_seed(seed, "layer", i)),
-            name=f"dense_{i + 1}",
-        )(x)
-        if batchnorm:
-            x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"bn_{i + 1}")(x)
-        x = keras.layers.Activation("sigmoid", name=f"sigmoid_{i + 1}")(x)
-    outputs = keras.layers.Dense(
-        num_classes, kernel_initializer=FixedNormal(init_std, seed=derive_seed(seed, "layer", n_hidden)), name="output"
-    )(x)
-    return keras.Model(inputs, outputs, name="mlp_bn" if batchnorm else "mlp")
-
-
-def sigmoid_layers(model: keras.Model) -> list[str]:
-    return [layer.name for layer in model.layers if layer.name.startswith("sigmoid_")]
-
-
-def _batches(x, y, batch_size: int, seed: int):
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat().batch(batch_size, drop_remainder=True)
-    return ds.prefetch(2)
-
-
-class HeldOutCurve(keras.callbacks.Callback):
-    """Held-out accuracy at step 0 and after every epoch of `every` steps (`inference_accuracy`), and the mean
-    training loss of the epoch; `diverged` once the loss or a weight is non-finite."""
-
-    def __init__(self, x, y, x_stats, every: int):
-        super().__init__()
-        self.x, self.y, self.x_stats, self.every = x, y, x_stats, every
-        self.rows: list[dict] = []
-
-    def _record(self, step: int, loss: float):
-        acc, acc_ema = inference_accuracy(self.model, self.x, self.y, self.x_stats)
-        self.rows.append({"step": step, "acc": acc, "acc_ema": acc_ema, "train_loss": loss})
-
-    def on_train_begin(self, logs=None):
-        self.rows = []
-        self._record(0, float("nan"))
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._record((epoch + 1) * self.every, float((logs or {}).get("loss", np.nan)))
+def paper_mlp(cfg: Config, input_dim: int, num_classes: int, seed: int, batchnorm: bool) -> keras.Model:
+    """The paper's MNIST net (`keras_initkit.study.models.build_mlp`): for i = 1..n_hidden, `dense_i` (width units)
+    -> [`bn_i` BatchNormalization, the Dense then without bias] -> `sigmoid_i`, then the `output` logits. Every
+    kernel is N(0, init_std^2) with its seed derived from (seed, layer index): with and without BN the same kernels."""
+    return build_mlp(
+        input_dim, num_classes, cfg.n_hidden, cfg.width, activation="sigmoid", init="fixed", seed=seed,
+        fixed_std=cfg.init_std, batchnorm=batchnorm, bn_momentum=cfg.bn_momentum, activation_layers=True,
+        hidden_name="dense", name="mlp_bn" if batchnorm else "mlp",
+    )  # fmt: skip
 
 
 def weights_finite(model: keras.Model) -> bool:
     return all(bool(np.isfinite(keras.ops.convert_to_numpy(w)).all()) for w in model.weights)
 
 
-# Per process: one compiled model per architecture (and the monitor traced on it). A trial copies the weights of a
-# freshly built net into it and resets the optimizer, instead of tracing a new train step, evaluation and probe pass:
-# tracing a 30-layer BN net costs more CPU than training it for a few hundred steps.
-_COMPILED: dict[tuple, dict] = {}
+def net_label(bn: bool) -> str:
+    return "BN" if bn else "no BN"
 
 
-def compiled_model(key: tuple, fresh: keras.Model, lr: float, momentum: float, every: int) -> dict:
-    """{"model": a compiled model with `fresh`'s weights and a fresh SGD(lr, momentum) state, "extra": a dict kept
-    with it}. The model is built and compiled once per `key` (the architecture, momentum and `every` must be part of
-    the key); later calls copy `fresh.get_weights()` into it (kernels, biases, BN's gamma, beta and moving statistics)
-    and zero the optimizer's iterations and slots."""
-    entry = _COMPILED.get(key)
-    if entry is None:
-        fresh.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            steps_per_execution=every,
-        )
-        entry = _COMPILED[key] = {"model": fresh, "extra": {}}
-        return entry
-    model = entry["model"]
-    model.set_weights(fresh.get_weights())
-    for var in model.optimizer.variables:
-        var.assign(np.zeros(var.shape, dtype=var.dtype))
-    model.optimizer.learning_rate = lr
-    return entry
+# ---- Monitor-warning silencing, in this one place: the Fig 1b/c probe has no labels on purpose (forward statistics
+# only), which the monitor warns about. (To go once VarianceMonitor can be told to record forward kinds only.)
+@contextlib.contextmanager
+def _forward_only():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="VarianceMonitor: the probe has no labels")
+        yield
 
 
-def _fit(model, x, y, x_eval, y_eval, x_stats, batch_size, steps, every, seed, callbacks=()):
-    """`steps` SGD steps of a compiled model on shuffled mini-batches; returns the held-out curve."""
-    curve = HeldOutCurve(x_eval, y_eval, x_stats, every)
-    model.fit(
-        _batches(x, y, batch_size, derive_seed(seed, "order")),
-        epochs=steps // every,
-        steps_per_epoch=every,
-        callbacks=[*callbacks, curve],
-        shuffle=False,
-        verbose=0,
-    )
-    return pd.DataFrame(curve.rows)
+# Per process: one compiled model per architecture (and the monitor traced on it), given a fresh net's weights per
+# trial (keras_initkit.study.training.ModelCache): tracing a 30-layer BN net costs more CPU than a few hundred steps.
+_MODELS = ModelCache()
 
 
-def _final_row(curve: pd.DataFrame, model, final_evals: int, start: float) -> dict:
+def _fresh(key: tuple, build, lr: float, momentum: float, every: int):
+    return _MODELS.fresh(key, build, lambda m: compile_sgd(m, lr, momentum=momentum, steps_per_execution=every), lr)
+
+
+def _fit(model, x, y, x_eval, y_eval, x_stats, batch_size: int, steps: int, every: int, seed: int, callbacks=()):
+    """`steps` SGD steps on shuffled mini-batches of (x, y); the curve: step, train_loss (the chunk's mean), and the
+    held-out acc and acc_ema (`inference_accuracy`), from step 0."""
+
+    def held_out(m) -> dict:
+        return dict(zip(("acc", "acc_ema"), inference_accuracy(m, x_eval, y_eval, x_stats), strict=True))
+
+    return fit_curve(model, x, y, steps=steps, every=every, batch_size=batch_size, seed=derive_seed(seed, "order"),
+                     callbacks=callbacks, loss="train_loss", evaluate=held_out, start=True)  # fmt: skip
+
+
+def _final_row(curve: pd.DataFrame, model, final_evals: int, start: float, num_classes: int) -> dict:
     losses = curve["train_loss"].to_numpy()[1:]
     finite = bool(np.isfinite(losses).all()) and weights_finite(model)
-    return {
-        "steps": int(curve["step"].iloc[-1]),
-        "final_acc": float(curve["acc"].tail(final_evals).mean()),
-        "max_acc": float(curve["acc"].max()),
-        "final_acc_ema": float(curve["acc_ema"].tail(final_evals).mean()),
-        "final_loss": float(losses[-1]),
-        "diverged": not finite,
-        "wall_s": time.perf_counter() - start,
-    }
+    return {"steps": int(curve["step"].iloc[-1]), "final_acc": float(curve["acc"].tail(final_evals).mean()),
+            "max_acc": float(curve["acc"].max()), "final_acc_ema": float(curve["acc_ema"].tail(final_evals).mean()),
+            "final_loss": float(losses[-1]), "diverged": not finite, "wall_s": time.perf_counter() - start,
+            "num_classes": int(num_classes)}  # fmt: skip
+
+
+def _tables(trial: dict, lr: float, **frames: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {name: with_trial(f, trial, TRIAL_KEYS, lr=lr, net=net_label(trial["bn"])) for name, f in frames.items()}
 
 
 def steps_to(curve: pd.DataFrame, target: float) -> int:
@@ -506,161 +386,67 @@ def steps_to(curve: pd.DataFrame, target: float) -> int:
     return int(hit.min()) if len(hit) else -1
 
 
-def _with_trial(frame: pd.DataFrame, trial: dict, lr: float) -> pd.DataFrame:
-    frame = frame.copy()
-    for key in TRIAL_KEYS:
-        frame[key] = trial[key]
-    frame["lr"] = lr
-    frame["net"] = net_label(trial["bn"])
-    return frame
-
-
-def net_label(bn: bool) -> str:
-    return "BN" if bn else "no BN"
+def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
+    """One trial: an MLP ("curves", "percentiles", "final") or a deep ReLU net ("deep_curves", "deep_final"),
+    each table with the trial's parameters as columns."""
+    if trial["part"] in ("mlp", "deep"):
+        return (_run_mlp if trial["part"] == "mlp" else _run_deep)(cfg, trial)
+    raise ValueError(f"`trial['part']` must be 'mlp' or 'deep'. Received: {trial['part']!r}")
 
 
 def _run_mlp(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     from keras_initkit.monitor import VarianceMonitor
 
-    start = time.perf_counter()
-    seed = int(trial["seed"])
+    start, seed = time.perf_counter(), int(trial["seed"])
     keras.utils.set_random_seed(derive_seed(seed, "fit", "mlp"))
-    d = load_data(cfg)
-    x = d.x_train.reshape(len(d.x_train), -1)
-    x_test = d.x_test.reshape(len(d.x_test), -1)
-    fresh = build_mlp(
-        x.shape[1], d.num_classes, cfg.n_hidden, cfg.width, cfg.init_std, seed, trial["bn"], cfg.bn_momentum
-    )
+    d = load_data(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed, path=cfg.data_path)
+    x, x_test = d.x_train.reshape(len(d.x_train), -1), d.x_test.reshape(len(d.x_test), -1)
     lr = cfg.base_lr * trial["lr_mult"]
     arch = ("mlp", trial["bn"], x.shape[1], d.num_classes, cfg.n_hidden, cfg.width, cfg.bn_momentum, cfg.eval_every)
-    entry = compiled_model(arch, fresh, lr, 0.0, cfg.eval_every)
-    model = entry["model"]
+    entry = _fresh(arch, lambda: paper_mlp(cfg, x.shape[1], d.num_classes, seed, trial["bn"]), lr, 0.0, cfg.eval_every)
     # Fig 1b/c: the sigmoid inputs of every hidden layer, and of one unit, on a fixed probe of training examples
     # (the net in training mode: a BN layer normalizes by the probe's statistics, without updating anything).
     monitor_key = (cfg.probe_examples, cfg.record_every, cfg.track_unit, cfg.data, cfg.data_path, cfg.n_train)
-    if entry["extra"].get("monitor_key") != monitor_key:
-        entry["extra"]["monitor_key"] = monitor_key
-        entry["extra"]["monitor"] = VarianceMonitor(
-            probe=x[: cfg.probe_examples],
-            every=cfg.record_every,
-            layers=sigmoid_layers(model),
-            stats=["mean", "std", *PERCENTILES],
-            track_unit=cfg.track_unit,
-        )
-    monitor = entry["extra"]["monitor"]
-    with warnings.catch_warnings():  # the probe has no labels on purpose: forward statistics only
-        warnings.filterwarnings("ignore", message="VarianceMonitor: the probe has no labels")
-        curve = _fit(
-            model,
-            x,
-            d.y_train,
-            x_test,
-            d.y_test,
-            x[: cfg.bn_stat_examples],
-            cfg.batch_size,
-            cfg.steps,
-            cfg.eval_every,
-            seed,
-            callbacks=[monitor],
-        )
-    layer = monitor.to_frame()
-    layer = layer[layer["kind"] == "preact"].assign(scope="layer")
-    unit = monitor.unit_frame()
-    unit = unit[unit["kind"] == "preact"].drop(columns="unit").assign(scope="unit")
-    percentiles = pd.concat([layer, unit], ignore_index=True)
-    final = _final_row(curve, model, cfg.final_evals, start)
-    final["num_classes"] = int(d.num_classes)
-    return {
-        "curves": _with_trial(curve, trial, lr),
-        "percentiles": _with_trial(percentiles, trial, lr),
-        "final": _with_trial(pd.DataFrame([final]), trial, lr),
-    }
-
-
-def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
-    """One trial: an MLP ("curves", "percentiles", "final") or a deep ReLU net ("deep_curves", "deep_final"),
-    each table with the trial's parameters as columns."""
-    if trial["part"] == "mlp":
-        return _run_mlp(cfg, trial)
-    if trial["part"] == "deep":
-        return _run_deep(cfg, trial)
-    raise ValueError(f"`trial['part']` must be 'mlp' or 'deep'. Received: {trial['part']!r}")
+    if entry.extra.get("monitor_key") != monitor_key:
+        entry.extra["monitor_key"] = monitor_key
+        entry.extra["monitor"] = VarianceMonitor(
+            probe=x[: cfg.probe_examples], every=cfg.record_every, stats=["mean", "std", *PERCENTILES],
+            layers=[f"sigmoid_{i + 1}" for i in range(cfg.n_hidden)], track_unit=cfg.track_unit,
+        )  # fmt: skip
+    monitor = entry.extra["monitor"]
+    with _forward_only():
+        curve = _fit(entry.model, x, d.y_train, x_test, d.y_test, x[: cfg.bn_stat_examples], cfg.batch_size,
+                     cfg.steps, cfg.eval_every, seed, callbacks=[monitor])  # fmt: skip
+    layer, unit = monitor.to_frame(), monitor.unit_frame()
+    percentiles = pd.concat(
+        [layer[layer["kind"] == "preact"].assign(scope="layer"),
+         unit[unit["kind"] == "preact"].drop(columns="unit").assign(scope="unit")], ignore_index=True,
+    )  # fmt: skip
+    final = _final_row(curve, entry.model, cfg.final_evals, start, d.num_classes)
+    return _tables(trial, lr, curves=curve, percentiles=percentiles, final=pd.DataFrame([final]))
 
 
 def _run_deep(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
-    from keras_initkit.studies.vgg_depth import build_vgg
-
-    start = time.perf_counter()
-    seed = int(trial["seed"])
+    start, seed = time.perf_counter(), int(trial["seed"])
     keras.utils.set_random_seed(derive_seed(seed, "fit", "deep"))
-    d = load_data(cfg)
-    fresh = build_vgg(
-        d.x_train.shape[1:],
-        d.num_classes,
-        cfg.deep_depth,
-        widths=cfg.deep_widths,
-        fc_layers=1,
-        init="fixed" if trial["init"] == "fixed" else "he_fan_in",
-        seed=seed,
-        fixed_std=0.01,
-        batchnorm=trial["bn"],
-    )
+    d = load_data(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed, path=cfg.data_path)
     arch = ("deep", trial["bn"], d.x_train.shape[1:], d.num_classes, cfg.deep_depth, cfg.deep_widths)
     arch += (cfg.deep_momentum, cfg.deep_eval_every)
-    model = compiled_model(arch, fresh, cfg.deep_lr, cfg.deep_momentum, cfg.deep_eval_every)["model"]
-    curve = _fit(
-        model,
-        d.x_train,
-        d.y_train,
-        d.x_test,
-        d.y_test,
-        d.x_train[: cfg.deep_stat_examples],
-        cfg.deep_batch_size,
-        cfg.deep_steps,
-        cfg.deep_eval_every,
-        seed,
-    )
-    final = _final_row(curve, model, cfg.final_evals, start)
-    final["num_classes"] = int(d.num_classes)
-    return {
-        "deep_curves": _with_trial(curve, trial, cfg.deep_lr),
-        "deep_final": _with_trial(pd.DataFrame([final]), trial, cfg.deep_lr),
-    }
+    model = _fresh(
+        arch,
+        lambda: build_vgg(d.x_train.shape[1:], d.num_classes, cfg.deep_depth, widths=cfg.deep_widths, fc_layers=1,
+                          init=DEEP_INITS[trial["init"]], seed=seed, fixed_std=0.01, batchnorm=trial["bn"]),
+        cfg.deep_lr, cfg.deep_momentum, cfg.deep_eval_every,
+    ).model  # fmt: skip
+    curve = _fit(model, d.x_train, d.y_train, d.x_test, d.y_test, d.x_train[: cfg.deep_stat_examples],
+                 cfg.deep_batch_size, cfg.deep_steps, cfg.deep_eval_every, seed)  # fmt: skip
+    final = _final_row(curve, model, cfg.final_evals, start, d.num_classes)
+    return _tables(trial, cfg.deep_lr, deep_curves=curve, deep_final=pd.DataFrame([final]))
 
 
 # ------------------------------------------------------------------------------------------ summaries and claims
 
-
-def _spread(values) -> str:
-    """ "mean ± std [min, max] (n=k)": whole numbers (steps) as integers, others to 3 significant digits."""
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return "no trial"
-    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    if np.all(np.isfinite(v)) and np.all(v == np.round(v)) and np.all(np.abs(v) < 1e7):
-        return f"{np.mean(v):.0f} ± {std:.0f} [{np.min(v):.0f}, {np.max(v):.0f}] (n={len(v)})"
-    return f"{np.mean(v):.3g} ± {std:.2g} [{np.min(v):.3g}, {np.max(v):.3g}] (n={len(v)})"
-
-
-def _se(a, b) -> float:
-    """Standard error of the difference of two means (0 with single seeds)."""
-    var = 0.0
-    for s in (a, b):
-        s = np.asarray(s, dtype=float)
-        if len(s) > 1:
-            var += float(np.var(s, ddof=1)) / len(s)
-    return math.sqrt(var)
-
-
-def _claim(claim: str, status: str, measured: str, paper: str) -> dict:
-    return {
-        "claim": claim,
-        "statement": CLAIMS[claim],
-        "rule": RULES[claim],
-        "measured": measured,
-        "paper": paper,
-        "status": status,
-    }
+_claim = functools.partial(claim_row, CLAIMS, RULES)
 
 
 def target_accuracy(final: pd.DataFrame) -> float:
@@ -672,33 +458,16 @@ def target_accuracy(final: pd.DataFrame) -> float:
 def trial_outcomes(curves: pd.DataFrame, final: pd.DataFrame, target: float) -> pd.DataFrame:
     """Per MLP trial: final accuracy, steps to the target, and its outcome: "diverged", "trains" (reaches the
     target), "stalls" (final accuracy below halfway between chance and the target) or "worse"."""
-    keys = ["bn", "lr_mult", "seed"]
     rows = []
     for _, f in final[final["part"] == "mlp"].iterrows():
         c = curves[(curves["bn"] == f["bn"]) & (curves["lr_mult"] == f["lr_mult"]) & (curves["seed"] == f["seed"])]
         steps = steps_to(c.sort_values("step"), target) if np.isfinite(target) else -1
         chance = 1.0 / float(f["num_classes"])
-        if bool(f["diverged"]):
-            outcome = "diverged"
-        elif steps >= 0:
-            outcome = "trains"
-        elif f["final_acc"] < (chance + target) / 2:
-            outcome = "stalls"
-        else:
-            outcome = "worse"
-        rows.append(
-            {
-                **{k: f[k] for k in keys},
-                "net": net_label(bool(f["bn"])),
-                "lr": f["lr"],
-                "final_acc": f["final_acc"],
-                "final_acc_ema": f["final_acc_ema"],
-                "max_acc": f["max_acc"],
-                "steps_to_target": steps,
-                "diverged": bool(f["diverged"]),
-                "outcome": outcome,
-            }
-        )
+        outcome = ("diverged" if bool(f["diverged"]) else "trains" if steps >= 0
+                   else "stalls" if f["final_acc"] < (chance + target) / 2 else "worse")  # fmt: skip
+        rows.append({**{k: f[k] for k in ("bn", "lr_mult", "seed")}, "net": net_label(bool(f["bn"])), "lr": f["lr"],
+                     **{k: f[k] for k in ("final_acc", "final_acc_ema", "max_acc")}, "steps_to_target": steps,
+                     "diverged": bool(f["diverged"]), "outcome": outcome})  # fmt: skip
     out = pd.DataFrame(rows)
     return out.sort_values(["bn", "lr_mult", "seed"]).reset_index(drop=True) if len(out) else out
 
@@ -708,29 +477,20 @@ def speed_table(outcomes: pd.DataFrame, target: float) -> pd.DataFrame:
     that reach it), final accuracy, divergences, speed-up over no BN x1, and the paper's speed-up."""
     base = outcomes[(~outcomes["bn"]) & (outcomes["lr_mult"] == 1.0) & (outcomes["steps_to_target"] >= 0)]
     base_steps = float(base["steps_to_target"].mean()) if len(base) else float("nan")
-    rows = []
+    rows, nan = [], float("nan")
     for (bn, mult), g in outcomes.groupby(["bn", "lr_mult"], sort=True):
         hit = g.loc[g["steps_to_target"] >= 0, "steps_to_target"].astype(float)
-        mean = float(hit.mean()) if len(hit) else float("nan")
-        rows.append(
-            {
-                "net": net_label(bool(bn)),
-                "lr_mult": mult,
-                "lr": float(g["lr"].iloc[0]),
-                "seeds": len(g),
-                "reached": len(hit),
-                "diverged": int(g["diverged"].sum()),
-                "target": target,
-                "steps_mean": mean,
-                "steps_std": float(hit.std(ddof=1)) if len(hit) > 1 else float("nan"),
-                "steps_min": float(hit.min()) if len(hit) else float("nan"),
-                "steps_max": float(hit.max()) if len(hit) else float("nan"),
-                "final_acc_mean": float(g["final_acc"].mean()),
-                "final_acc_std": float(g["final_acc"].std(ddof=1)) if len(g) > 1 else float("nan"),
-                "speedup": base_steps / mean if len(hit) == len(g) and mean > 0 else float("nan"),
-                "paper_speedup": PAPER_SPEEDUP.get(int(mult), float("nan")) if bn else float("nan"),
-            }
-        )
+        mean = float(hit.mean()) if len(hit) else nan
+        rows.append({
+            "net": net_label(bool(bn)), "lr_mult": mult, "lr": float(g["lr"].iloc[0]), "seeds": len(g),
+            "reached": len(hit), "diverged": int(g["diverged"].sum()), "target": target, "steps_mean": mean,
+            "steps_std": float(hit.std(ddof=1)) if len(hit) > 1 else nan,
+            "steps_min": float(hit.min()) if len(hit) else nan, "steps_max": float(hit.max()) if len(hit) else nan,
+            "final_acc_mean": float(g["final_acc"].mean()),
+            "final_acc_std": float(g["final_acc"].std(ddof=1)) if len(g) > 1 else nan,
+            "speedup": base_steps / mean if len(hit) == len(g) and mean > 0 else nan,
+            "paper_speedup": PAPER_SPEEDUP.get(int(mult), nan) if bn else nan,
+        })  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -742,8 +502,8 @@ def drift_table(percentiles: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (bn, mult, seed, scope), g in sel.groupby(["bn", "lr_mult", "seed", "scope"], sort=True):
         wide = g.pivot_table(index="step", columns="stat", values="value").sort_index()
-        row = {"net": net_label(bool(bn)), "bn": bool(bn), "lr_mult": mult, "seed": seed, "scope": scope}
-        row["layer"] = str(g["layer"].iloc[0])
+        row = {"net": net_label(bool(bn)), "bn": bool(bn), "lr_mult": mult, "seed": seed, "scope": scope,
+               "layer": str(g["layer"].iloc[0])}  # fmt: skip
         for q in PERCENTILES:
             v = wide[q].to_numpy(dtype=float)
             row[f"drift_{q}"] = float(np.max(v) - np.min(v)) if np.isfinite(v).all() else float("inf")
@@ -759,15 +519,14 @@ def claim_b1(speed: pd.DataFrame, outcomes: pd.DataFrame, target: float) -> dict
     bn1 = outcomes[(outcomes["bn"]) & (outcomes["lr_mult"] == 1.0)] if len(outcomes) else outcomes
     if len(base) == 0 or len(bn1) == 0 or not np.isfinite(target):
         return _claim("B1", "N/A", "no BN and no-BN trials at the base rate", paper)
-    ok = bool((bn1["steps_to_target"] >= 0).all()) and bool(
-        bn1["steps_to_target"].max() < base.loc[base["steps_to_target"] >= 0, "steps_to_target"].min()
-    )
+    fastest_no_bn = base.loc[base["steps_to_target"] >= 0, "steps_to_target"].min()
+    ok = bool((bn1["steps_to_target"] >= 0).all()) and bool(bn1["steps_to_target"].max() < fastest_no_bn)
     paired = base.merge(bn1, on="seed", suffixes=("_no", "_bn"))
     paired = paired[(paired["steps_to_target_no"] > 0) & (paired["steps_to_target_bn"] > 0)]
     ratios = paired["steps_to_target_no"] / paired["steps_to_target_bn"]
     parts = [
-        f"target {target:.4f}; steps to it: no BN x1 {_spread(base['steps_to_target'])}, BN x1 "
-        f"{_spread(bn1['steps_to_target'])} (-1 = never); per-seed ratio {_spread(ratios)}"
+        f"target {target:.4f}; steps to it: no BN x1 {spread(base['steps_to_target'], '.0f')}, BN x1 "
+        f"{spread(bn1['steps_to_target'], '.0f')} (-1 = never); per-seed ratio {spread(ratios)}"
     ]
     for _, r in speed[(speed["net"] == "BN")].iterrows():
         parts.append(f"BN x{r['lr_mult']:g}: {r['speedup']:.2f}x (paper {r['paper_speedup']:.1f}x)")
@@ -787,9 +546,9 @@ def claim_b2(drift: pd.DataFrame) -> dict:
     ok = seedwise and ratio >= B2_RATIO
     layer = sel[sel["scope"] == "layer"]
     measured = (
-        f"unit drift (sigmoid-input units): no BN {_spread(no['drift'])}, BN {_spread(bn['drift'])}; ratio of means "
+        f"unit drift (sigmoid-input units): no BN {spread(no['drift'])}, BN {spread(bn['drift'])}; ratio of means "
         f"{ratio:.2f}; BN below no BN in {int((pair['drift_bn'] < pair['drift_no']).sum())}/{len(pair)} seeds. "
-        f"Whole layer: no BN {_spread(layer.loc[~layer['bn'], 'drift'])}, BN {_spread(layer.loc[layer['bn'], 'drift'])}"
+        f"Whole layer: no BN {spread(layer.loc[~layer['bn'], 'drift'])}, BN {spread(layer.loc[layer['bn'], 'drift'])}"
     )
     return _claim("B2", "PASS" if ok else "FAIL", measured, paper)
 
@@ -812,13 +571,13 @@ def claim_b3(outcomes: pd.DataFrame) -> dict:
             return _claim("B3", "N/A", f"x{m:g} lacks the BN or the no-BN trials", paper)
         a = bool((bn["outcome"] == "trains").all())
         diff = float(no["final_acc"].mean() - base["final_acc"].mean())
-        se = _se(no["final_acc"], base["final_acc"])
+        se = se_diff(no["final_acc"], base["final_acc"])
         b = bool(no["diverged"].any()) or bool((no["steps_to_target"] < 0).any()) or -diff > se
         ok = ok and a and b
         parts.append(
             f"x{m:g}: BN {int((bn['outcome'] == 'trains').sum())}/{len(bn)} seeds reach the target "
             f"({'ok' if a else 'no'}); no BN {no['outcome'].value_counts().to_dict()}, final acc "
-            f"{_spread(no['final_acc'])} vs x1 {base['final_acc'].mean():.3f} (diff {diff:+.3f}, SE {se:.3f}) "
+            f"{spread(no['final_acc'])} vs x1 {base['final_acc'].mean():.3f} (diff {diff:+.3f}, SE {se:.3f}) "
             f"({'ok' if b else 'no'})"
         )
     return _claim("B3", "PASS" if ok else "FAIL", "; ".join(parts), paper)
@@ -838,8 +597,8 @@ def claim_b4(outcomes: pd.DataFrame) -> dict:
         good = bool((bn["outcome"] == "trains").all()) and bool(no["outcome"].isin(["diverged", "stalls"]).all())
         ok = ok or good
         parts.append(
-            f"x{m:g}: BN {bn['outcome'].value_counts().to_dict()}, final acc {_spread(bn['final_acc'])}; no BN "
-            f"{no['outcome'].value_counts().to_dict()}, final acc {_spread(no['final_acc'])} "
+            f"x{m:g}: BN {bn['outcome'].value_counts().to_dict()}, final acc {spread(bn['final_acc'])}; no BN "
+            f"{no['outcome'].value_counts().to_dict()}, final acc {spread(no['final_acc'])} "
             f"({'yes' if good else 'no'})"
         )
     if not parts:
@@ -852,13 +611,10 @@ def deep_table(deep_final: pd.DataFrame) -> pd.DataFrame:
     if len(deep_final) == 0:
         return pd.DataFrame(columns=["init", "net", "seeds", "final_acc_mean", "final_acc_std", "diverged"])
     out = deep_final.groupby(["init", "bn"], as_index=False).agg(
-        seeds=("final_acc", "size"),
-        final_acc_mean=("final_acc", "mean"),
-        final_acc_std=("final_acc", "std"),
-        final_acc_ema_mean=("final_acc_ema", "mean"),
-        final_loss_mean=("final_loss", "mean"),
+        seeds=("final_acc", "size"), final_acc_mean=("final_acc", "mean"), final_acc_std=("final_acc", "std"),
+        final_acc_ema_mean=("final_acc_ema", "mean"), final_loss_mean=("final_loss", "mean"),
         diverged=("diverged", "sum"),
-    )
+    )  # fmt: skip
     out.insert(1, "net", [net_label(bool(b)) for b in out["bn"]])
     return out.drop(columns="bn")
 
@@ -870,7 +626,7 @@ def claim_x1(deep_final: pd.DataFrame) -> dict:
         acc = {i: deep_final.loc[(deep_final["init"] == i) & (deep_final["bn"] == bn), "final_acc"] for i in DEEP_INITS}
         if any(len(a) == 0 for a in acc.values()):
             return _claim("X1", "N/A", "the deep grid lacks an (init, BN) cell", paper)
-        gaps[bn] = (float(acc["he"].mean() - acc["fixed"].mean()), _se(acc["he"], acc["fixed"]))
+        gaps[bn] = (float(acc["he"].mean() - acc["fixed"].mean()), se_diff(acc["he"], acc["fixed"]))
     (g_no, se_no), (g_bn, se_bn) = gaps[False], gaps[True]
     se = math.sqrt(se_no**2 + se_bn**2)
     ok = abs(g_bn) < abs(g_no) - se
@@ -883,81 +639,72 @@ def claim_x1(deep_final: pd.DataFrame) -> dict:
 
 def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Steps to target, outcomes per trial, percentile drifts, the deep nets, and the claims B1-B4, X1."""
-    final = tables.get("final", pd.DataFrame(columns=["part", "bn", "lr_mult", "final_acc"]))
-    curves = tables.get("curves", pd.DataFrame(columns=["bn", "lr_mult", "seed", "step", "acc"]))
-    percentiles = tables.get("percentiles", pd.DataFrame(columns=["depth", "stat", "bn", "lr_mult", "seed", "scope"]))
-    deep_final = tables.get("deep_final", pd.DataFrame(columns=["init", "bn", "final_acc", "final_acc_ema"]))
-    for frame in (final, curves, percentiles, deep_final):
-        if "bn" in frame.columns:
-            frame["bn"] = frame["bn"].astype(bool)
+    empty = pd.DataFrame(columns=[*TRIAL_KEYS, "step", "acc", "final_acc", "final_acc_ema", "depth", "stat", "scope"])
+    final, curves, percentiles, deep_final = (
+        tables.get(name, empty).astype({"bn": bool}) for name in ("final", "curves", "percentiles", "deep_final")
+    )
     target = target_accuracy(final)
     outcomes = trial_outcomes(curves, final, target)
     speed = speed_table(outcomes, target) if len(outcomes) else pd.DataFrame()
     drift = drift_table(percentiles)
     drift_summary = (
-        drift.groupby(["net", "lr_mult", "scope"], as_index=False)
-        .agg(
-            seeds=("drift", "size"),
-            drift_mean=("drift", "mean"),
-            drift_std=("drift", "std"),
-            drift_p15=("drift_p15", "mean"),
-            drift_p50=("drift_p50", "mean"),
-            drift_p85=("drift_p85", "mean"),
-        )
-        .sort_values(["scope", "lr_mult", "net"])
-        if len(drift)
-        else drift
-    )
-    claims = pd.DataFrame(
-        [
-            claim_b1(speed, outcomes, target),
-            claim_b2(drift),
-            claim_b3(outcomes),
-            claim_b4(outcomes),
-            claim_x1(deep_final),
-        ]
-    )
-    return {
-        "steps_to_target": speed,
-        "outcomes": outcomes,
-        "drift": drift_summary,
-        "drift_trials": drift,
-        "deep": deep_table(deep_final),
-        "claims": claims,
-    }
+        drift.groupby(["net", "lr_mult", "scope"], as_index=False).agg(
+            seeds=("drift", "size"), drift_mean=("drift", "mean"), drift_std=("drift", "std"),
+            drift_p15=("drift_p15", "mean"), drift_p50=("drift_p50", "mean"), drift_p85=("drift_p85", "mean"),
+        ).sort_values(["scope", "lr_mult", "net"]) if len(drift) else drift
+    )  # fmt: skip
+    claims = [claim_b1(speed, outcomes, target), claim_b2(drift), claim_b3(outcomes), claim_b4(outcomes),
+              claim_x1(deep_final)]  # fmt: skip
+    return {"steps_to_target": speed, "outcomes": outcomes, "drift": drift_summary, "drift_trials": drift,
+            "deep": deep_table(deep_final), "claims": pd.DataFrame(claims)}  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------------ figures
+# ------------------------------------------------------------------------------------------------------- figures
 
-NET_COLORS = {"no BN": "tab:blue", "BN": "tab:orange"}
+NET_LABELS = ("no BN", "BN")
 
 
-def _band(ax, frame: pd.DataFrame, x: str, y: str, color: str, label: str):
-    """Mean over seeds as a line, min-max over seeds as a band."""
-    g = frame.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
-    ax.plot(g.index, g["mean"], color=color, label=label, lw=1.4)
-    ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.2, lw=0)
+def _net_colors() -> dict:
+    from keras_initkit.plots import palette
+
+    return palette(NET_LABELS)
+
+
+def _curves(frame: pd.DataFrame, y: str = "acc", **kwargs):
+    """`keras_initkit.plots.learning_curves` of a held-out accuracy against SGD steps, one colour per net by default
+    (mean and min-max band over the seeds)."""
+    from keras_initkit.plots import learning_curves
+
+    kwargs = {"hue": "net", "hue_order": NET_LABELS, "palette": _net_colors(), **kwargs}
+    return learning_curves(frame, y, ylim=(0, 1.02), xlabel="SGD step", ylabel="held-out accuracy (inference mode)",
+                           **kwargs)  # fmt: skip
 
 
 def _accuracy_figure(curves: pd.DataFrame, target: float):
-    import matplotlib.pyplot as plt
-
-    mults = sorted(curves["lr_mult"].unique())
-    fig, axes = plt.subplots(1, len(mults), figsize=(4 * len(mults), 3.2), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], mults, strict=True):
-        for net, color in NET_COLORS.items():
-            part = curves[(curves["lr_mult"] == m) & (curves["net"] == net)]
-            if len(part):
-                lr = float(part["lr"].iloc[0])
-                _band(ax, part, "step", "acc", color, f"{net} (lr {lr:g})")
-        if np.isfinite(target):
-            ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:.3f}")
-        ax.set(title=f"x{m:g} the base rate", xlabel="SGD step", ylim=(0, 1.02))
-        ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel("held-out accuracy (inference mode)")
-    fig.suptitle("Fig 1a: held-out accuracy vs steps, mean and min-max over seeds", fontsize=10)
-    fig.tight_layout()
+    """Fig 1a: held-out accuracy against steps per net, one panel per multiplier; the B1 target dashed."""
+    lrs = ", ".join(f"x{m:g} = {lr:g}" for m, lr in curves.groupby("lr_mult")["lr"].first().items())
+    fig = _curves(curves, col="lr_mult", col_label="x{level:g} the base rate",
+                  title=f"Fig 1a: held-out accuracy vs steps, mean and min-max over seeds (lr {lrs}; dashed: the "
+                  "target)")  # fmt: skip
+    for ax in fig.axes if np.isfinite(target) else []:
+        ax.axhline(target, color="k", ls="--", lw=0.8)
     return fig
+
+
+def _bn_eval_figure(curves: pd.DataFrame):
+    """The BN nets' held-out accuracy with re-estimated population statistics and with Keras' moving averages."""
+    names = {"acc": "re-estimated population statistics", "acc_ema": "Keras moving averages"}
+    bn = curves[curves["net"] == "BN"].melt(["lr_mult", "step", "seed"], list(names), "statistics", "accuracy")
+    colors = dict(zip(names.values(), (_net_colors()["BN"], "tab:gray"), strict=True))
+    return _curves(bn.assign(statistics=bn["statistics"].map(names)), "accuracy", hue="statistics",
+                   hue_order=list(colors), palette=colors, col="lr_mult", col_label="BN, x{level:g}",
+                   title="BN nets in inference mode: which statistics (mean and min-max over seeds)")  # fmt: skip
+
+
+def _deep_figure(deep_curves: pd.DataFrame):
+    """X1: held-out accuracy of the deep ReLU nets, one panel per init, one colour per net."""
+    frame = deep_curves.assign(init=deep_curves["init"].map({"fixed": "FixedNormal(0.01)", "he": "He"}))
+    return _curves(frame, col="init", col_label="{level}", title="Deep plain ReLU net: mean and min-max over seeds")
 
 
 def _percentile_figure(percentiles: pd.DataFrame, scope: str):
@@ -967,98 +714,40 @@ def _percentile_figure(percentiles: pd.DataFrame, scope: str):
 
     base = percentiles[(percentiles["lr_mult"] == 1.0) & (percentiles["scope"] == scope)]
     seed = int(base["seed"].min())
-    base = base[base["seed"] == seed]
+    base = base[base["seed"] == seed].drop(columns=["unit"], errors="ignore")
     base = base.assign(panel=base["net"].map({"no BN": "(b) without BN", "BN": "(c) with BN"}))
     what = "one unit" if scope == "unit" else "all units"
     title = f"Fig 1b/c: sigmoid input, {what} of the last hidden layer, base rate, seed {seed}"
-    return percentile_bands(base.drop(columns=["unit"], errors="ignore"), "preact", col="panel", title=title)
+    return percentile_bands(base, "preact", col="panel", title=title)
 
 
-def _drift_figure(drift: pd.DataFrame):
-    import matplotlib.pyplot as plt
+def _bar_figure(frame: pd.DataFrame, value: str, ylabel: str, title: str, never: bool = False):
+    """Per multiplier, one bar per net: the mean of `value` over the seeds (dots: the seeds); one panel per scope
+    ("unit", "layer") where the frame has that column. With `never`, a negative value means "never reached": left
+    out of the bar (hatched then) and counted in a note."""
+    from matplotlib.figure import Figure
 
-    scopes = [s for s in ("unit", "layer") if s in set(drift["scope"])]
-    fig, axes = plt.subplots(1, len(scopes), figsize=(4.5 * len(scopes), 3.2), squeeze=False)
-    mults = sorted(drift["lr_mult"].unique())
-    for ax, scope in zip(axes[0], scopes, strict=True):
-        for k, net in enumerate(NET_COLORS):
-            part = drift[(drift["scope"] == scope) & (drift["net"] == net)]
-            pos = [i + (k - 0.5) * 0.38 for i in range(len(mults))]
-            means = [part.loc[part["lr_mult"] == m, "drift"].mean() for m in mults]
-            ax.bar(pos, means, width=0.36, color=NET_COLORS[net], alpha=0.7, label=net)
-            for p, m in zip(pos, mults, strict=True):
-                v = part.loc[part["lr_mult"] == m, "drift"]
-                ax.scatter([p] * len(v), v, color="k", s=8, zorder=3)
-        ax.set_xticks(range(len(mults)), [f"x{m:g}" for m in mults])
-        ax.set_yscale("log")
-        ax.set(title=f"{'tracked unit' if scope == 'unit' else 'whole layer'}", ylabel="drift: max - min over training")
-        ax.legend(fontsize=7)
-    fig.suptitle(
-        "Drift of the last hidden layer's sigmoid-input percentiles (largest of p15/p50/p85; bars: mean, dots: seeds)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return fig
-
-
-def _steps_figure(outcomes: pd.DataFrame, target: float):
-    import matplotlib.pyplot as plt
-
-    mults = sorted(outcomes["lr_mult"].unique())
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    top = float(outcomes["steps_to_target"].max()) if len(outcomes) else 1.0
-    for k, net in enumerate(NET_COLORS):
-        for i, m in enumerate(mults):
-            g = outcomes[(outcomes["net"] == net) & (outcomes["lr_mult"] == m)]
-            hit = g.loc[g["steps_to_target"] >= 0, "steps_to_target"]
-            p = i + (k - 0.5) * 0.38
-            if len(hit) == len(g) and len(g):
-                ax.bar(p, hit.mean(), width=0.36, color=NET_COLORS[net], alpha=0.7, label=net if i == 0 else None)
-            else:
-                ax.text(p, 0.02 * max(top, 1), f"{len(g) - len(hit)}/{len(g)}\nnever", ha="center", fontsize=7)
+    colors, mults, top = _net_colors(), sorted(frame["lr_mult"].unique()), max(float(frame[value].max()), 1.0)
+    scopes = [s for s in ("unit", "layer") if s in set(frame.get("scope", []))] or [None]
+    fig = Figure(figsize=(4.5 * len(scopes) + 1, 3.4), layout="constrained")
+    for ax, scope in zip(fig.subplots(1, len(scopes), squeeze=False)[0], scopes, strict=True):
+        sub = frame if scope is None else frame[frame["scope"] == scope]
+        for k, net in enumerate(NET_LABELS):
+            for i, m in enumerate(mults):
+                g = sub.loc[(sub["net"] == net) & (sub["lr_mult"] == m), value]
+                hit = g[g >= 0] if never else g
+                p, full = i + (k - 0.5) * 0.38, len(hit) == len(g) > 0
                 if len(hit):
-                    ax.bar(p, hit.mean(), width=0.36, color=NET_COLORS[net], alpha=0.3, hatch="//")
-            ax.scatter([p] * len(hit), hit, color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(mults)), [f"x{m:g}" for m in mults])
-    ax.set(ylabel="SGD steps to the target", xlabel="learning-rate multiplier")
-    ax.set_title(f"Steps to the target accuracy {target:.3f} (bars: mean; dots: seeds)", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def _bn_eval_figure(curves: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    mults = sorted(curves["lr_mult"].unique())
-    fig, axes = plt.subplots(1, len(mults), figsize=(4 * len(mults), 3), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], mults, strict=True):
-        part = curves[(curves["net"] == "BN") & (curves["lr_mult"] == m)]
-        _band(ax, part, "step", "acc", "tab:orange", "re-estimated population statistics")
-        _band(ax, part, "step", "acc_ema", "tab:gray", "Keras moving averages")
-        ax.set(title=f"BN, x{m:g}", xlabel="SGD step", ylim=(0, 1.02))
-        ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set_ylabel("held-out accuracy")
-    fig.suptitle("BN nets in inference mode: which statistics", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _deep_figure(deep_curves: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    styles = {"fixed": "-", "he": "--"}
-    labels = {"fixed": "FixedNormal(0.01)", "he": "He"}
-    for (init, net), g in deep_curves.groupby(["init", "net"], sort=True):
-        stats = g.groupby("step")["acc"].agg(["mean", "min", "max"]).sort_index()
-        color = NET_COLORS[net]
-        ax.plot(stats.index, stats["mean"], color=color, ls=styles.get(init, "-"), label=f"{labels[init]}, {net}")
-        ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.12, lw=0)
-    ax.set(xlabel="SGD step", ylabel="held-out accuracy (inference mode)", ylim=(0, 1.02))
-    ax.set_title("Deep plain ReLU net (VGG study, 30 layers): mean and min-max over seeds", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+                    ax.bar(p, hit.mean(), width=0.36, color=colors[net], alpha=0.7 if full else 0.3,
+                           hatch=None if full else "//", label=net if i == 0 and full else None)  # fmt: skip
+                if never and not full:
+                    ax.text(p, 0.02 * top, f"{len(g) - len(hit)}/{len(g)}\nnever", ha="center", fontsize=7)
+                ax.scatter([p] * len(hit), hit, color="k", s=8, zorder=3)
+        ax.set_xticks(range(len(mults)), [f"x{m:g}" for m in mults])
+        ax.set(yscale="linear" if never else "log", ylabel=ylabel, xlabel="learning-rate multiplier",
+               title={"unit": "tracked unit", "layer": "whole layer"}.get(scope, ""))  # fmt: skip
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}; bars: mean, dots: seeds", fontsize=10)
     return fig
 
 
@@ -1066,23 +755,22 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
     """Figures from the saved tables: accuracy vs steps, Fig 1b/c percentile bands (unit and layer), drifts, steps
     to target, BN evaluation statistics, and the deep nets."""
     figures = {}
-    curves = tables.get("curves")
-    outcomes = summary.get("outcomes")
+    curves, percentiles, deep_curves = (tables.get(k, pd.DataFrame()) for k in ("curves", "percentiles", "deep_curves"))
+    drift, outcomes = summary.get("drift_trials", pd.DataFrame()), summary.get("outcomes", pd.DataFrame())
     target = float(summary["steps_to_target"]["target"].iloc[0]) if len(summary.get("steps_to_target", [])) else np.nan
-    if curves is not None and len(curves):
+    if len(curves):
         figures["accuracy"] = _accuracy_figure(curves, target)
         figures["bn_evaluation"] = _bn_eval_figure(curves)
-    percentiles = tables.get("percentiles")
-    if percentiles is not None and len(percentiles):
+    if len(percentiles):
         figures["percentiles_unit"] = _percentile_figure(percentiles, "unit")
         figures["percentiles_layer"] = _percentile_figure(percentiles, "layer")
-    drift = summary.get("drift_trials")
-    if drift is not None and len(drift):
-        figures["drift"] = _drift_figure(drift)
-    if outcomes is not None and len(outcomes):
-        figures["steps_to_target"] = _steps_figure(outcomes, target)
-    deep_curves = tables.get("deep_curves")
-    if deep_curves is not None and len(deep_curves):
+    if len(drift):
+        what = "Drift of the last hidden layer's sigmoid-input percentiles (the largest of p15/p50/p85)"
+        figures["drift"] = _bar_figure(drift, "drift", "drift: max - min over training", what)
+    if len(outcomes):
+        what = f"Steps to the target accuracy {target:.3f}"
+        figures["steps_to_target"] = _bar_figure(outcomes, "steps_to_target", "SGD steps to the target", what, True)
+    if len(deep_curves):
         figures["deep"] = _deep_figure(deep_curves)
     return figures
 

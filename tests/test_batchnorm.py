@@ -1,5 +1,5 @@
 """Tests of studies/batchnorm.py: the BN inference-mode helpers against the training-mode net, the nets, the claim
-rules on synthetic tables (PASS and FAIL), the grid, and a tiny Config end to end through run(cfg)."""
+rules on synthetic tables (PASS and FAIL), the grid, and the SMOKE profile end to end through run(cfg)."""
 
 import dataclasses
 import json
@@ -14,62 +14,58 @@ from keras_initkit.studies import batchnorm as study
 
 
 def _mlp(batchnorm=True, seed=0):
-    return study.build_mlp(12, 3, n_hidden=3, width=8, init_std=0.5, seed=seed, batchnorm=batchnorm)
+    cfg = dataclasses.replace(study.SMOKE, n_hidden=3, width=8, init_std=0.5)
+    return study.paper_mlp(cfg, 12, 3, seed=seed, batchnorm=batchnorm)
 
 
-def _perturb_bn(model, rng):
-    """Non-trivial gamma and beta, so that the checks below do not pass by symmetry."""
+def _bn_net(seed: int, n: int):
+    """A BN net with non-trivial gamma and beta (so that the checks below do not pass by symmetry), and n inputs."""
+    rng = np.random.default_rng(seed)
+    model = _mlp()
     for bn in study.batchnorm_layers(model):
         bn.gamma.assign(rng.uniform(0.5, 2.0, size=bn.gamma.shape).astype("float32"))
         bn.beta.assign(rng.normal(size=bn.beta.shape).astype("float32"))
+    return model, rng.normal(size=(n, 12)).astype("float32")
+
+
+def _outputs(model, x, training: bool):
+    return keras.ops.convert_to_numpy(model(x, training=training))
+
+
+def _assert_same_statistics(before, model):
+    for (m0, v0), (m1, v1) in zip(before, study.bn_statistics(model), strict=True):
+        np.testing.assert_array_equal(m0, m1)
+        np.testing.assert_array_equal(v0, v1)
 
 
 def test_population_statistics_make_inference_equal_training_on_that_batch():
-    rng = np.random.default_rng(0)
-    model = _mlp()
-    _perturb_bn(model, rng)
-    x = rng.normal(size=(200, 12)).astype("float32")
+    model, x = _bn_net(0, 200)
     before = study.bn_statistics(model)
     stats = study.population_statistics(model, x)
-    for (m0, v0), (m1, v1) in zip(before, study.bn_statistics(model), strict=True):  # nothing moved
-        np.testing.assert_array_equal(m0, m1)
-        np.testing.assert_array_equal(v0, v1)
+    _assert_same_statistics(before, model)  # nothing moved
     # layer 1's statistics are those of x W by hand
     w = keras.ops.convert_to_numpy(model.get_layer("dense_1").kernel).astype("float64")
     np.testing.assert_allclose(stats[0][0], (x @ w).mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats[0][1], (x @ w).var(axis=0), rtol=1e-4, atol=1e-5)
     study.set_bn_statistics(model, stats)
-    inference = keras.ops.convert_to_numpy(model(x, training=False))
-    training = keras.ops.convert_to_numpy(model(x, training=True))
-    np.testing.assert_allclose(inference, training, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_outputs(model, x, False), _outputs(model, x, True), rtol=1e-4, atol=1e-5)
 
 
 def test_initial_moving_averages_differ_from_the_training_net():
     # The reason for re-estimating: Keras' moving averages start at mean 0, variance 1.
-    rng = np.random.default_rng(1)
-    model = _mlp()
-    _perturb_bn(model, rng)
-    x = rng.normal(size=(200, 12)).astype("float32")
-    inference = keras.ops.convert_to_numpy(model(x, training=False))
-    training = keras.ops.convert_to_numpy(model(x, training=True))
-    assert np.abs(inference - training).max() > 1e-2
+    model, x = _bn_net(1, 200)
+    assert np.abs(_outputs(model, x, False) - _outputs(model, x, True)).max() > 1e-2
 
 
 def test_inference_accuracy_uses_reestimated_statistics_and_restores_the_moving_averages():
-    rng = np.random.default_rng(2)
-    model = _mlp()
-    _perturb_bn(model, rng)
-    x = rng.normal(size=(300, 12)).astype("float32")
-    logits = keras.ops.convert_to_numpy(model(x, training=True))
-    y = logits.argmax(axis=1)  # labels the training-mode net gets all right on the batch x
+    model, x = _bn_net(2, 300)
+    y = _outputs(model, x, True).argmax(axis=1)  # labels the training-mode net gets all right on the batch x
     own = study.accuracy(model, x, y)
     before = study.bn_statistics(model)
     acc, acc_ema = study.inference_accuracy(model, x, y, x_stats=x)
     assert acc == 1.0
     assert acc_ema == own
-    for (m0, v0), (m1, v1) in zip(before, study.bn_statistics(model), strict=True):
-        np.testing.assert_array_equal(m0, m1)
-        np.testing.assert_array_equal(v0, v1)
+    _assert_same_statistics(before, model)
 
 
 def test_inference_accuracy_without_bn_is_plain_accuracy():
@@ -105,7 +101,8 @@ def test_mlp_with_and_without_bn_start_from_the_same_kernels():
         )
     assert not bn.get_layer("dense_1").use_bias and plain.get_layer("dense_1").use_bias
     assert [la.name for la in study.batchnorm_layers(bn)] == ["bn_1", "bn_2", "bn_3"]
-    assert study.sigmoid_layers(bn) == study.sigmoid_layers(plain) == ["sigmoid_1", "sigmoid_2", "sigmoid_3"]
+    sigmoids = [[la.name for la in m.layers if la.name.startswith("sigmoid")] for m in (bn, plain)]
+    assert sigmoids == [["sigmoid_1", "sigmoid_2", "sigmoid_3"]] * 2
     # the kernels have the configured std (8 x 12 + 8 x 8 x 2 + 8 x 3 weights)
     w = np.concatenate([keras.ops.convert_to_numpy(v).ravel() for v in plain.weights if len(v.shape) == 2])
     assert w.std() == pytest.approx(0.5, rel=0.15)
@@ -316,32 +313,13 @@ def test_bad_configs_raise_naming_the_field(change, match):
 
 # ------------------------------------------------------------------------------------------------ end to end
 
-TINY = study.Config(
-    n_hidden=2,
-    width=16,
-    lr_multipliers=(1.0,),
-    steps=60,
-    eval_every=20,
-    record_every=20,
-    final_evals=2,
-    bn_stat_examples=200,
-    probe_examples=100,
-    seeds=(0,),
-    deep_depth=3,
-    deep_inits=("fixed",),
-    deep_widths=(4,),
-    deep_steps=40,
-    deep_eval_every=20,
-    deep_stat_examples=64,
-    deep_seeds=(0,),
-)
 
-
-def test_tiny_config_end_to_end():
+def test_smoke_profile_end_to_end():
     import matplotlib
 
     matplotlib.use("Agg")
-    out = study.run(TINY)
+    assert study.PROFILES["smoke"] is study.SMOKE
+    out = study.run(study.SMOKE)
     final = out["final"].set_index("net")
     assert set(final.index) == {"BN", "no BN"} and (final["steps"] == 60).all()
     assert final["final_acc"].between(0, 1).all() and not final["diverged"].any()
