@@ -53,18 +53,17 @@ Results: results/batchnorm/<profile>/, and the QUICK report in docs/results/batc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import time
-import warnings
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 
+from keras_initkit.study import entry_points
 from keras_initkit.study.data import load_data
 from keras_initkit.study.grid import derive_seed, expand_grid
 from keras_initkit.study.metrics import accuracy
@@ -338,15 +337,6 @@ def net_label(bn: bool) -> str:
     return "BN" if bn else "no BN"
 
 
-# ---- Monitor-warning silencing, in this one place: the Fig 1b/c probe has no labels on purpose (forward statistics
-# only), which the monitor warns about. (To go once VarianceMonitor can be told to record forward kinds only.)
-@contextlib.contextmanager
-def _forward_only():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="VarianceMonitor: the probe has no labels")
-        yield
-
-
 # Per process: one compiled model per architecture (and the monitor traced on it), given a fresh net's weights per
 # trial (keras_initkit.study.training.ModelCache): tracing a 30-layer BN net costs more CPU than a few hundred steps.
 _MODELS = ModelCache()
@@ -412,11 +402,11 @@ def _run_mlp(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
         entry.extra["monitor"] = VarianceMonitor(
             probe=x[: cfg.probe_examples], every=cfg.record_every, stats=["mean", "std", *PERCENTILES],
             layers=[f"sigmoid_{i + 1}" for i in range(cfg.n_hidden)], track_unit=cfg.track_unit,
+            kinds=("preact", "activation"),  # forward statistics only: the probe has no labels, on purpose
         )  # fmt: skip
     monitor = entry.extra["monitor"]
-    with _forward_only():
-        curve = _fit(entry.model, x, d.y_train, x_test, d.y_test, x[: cfg.bn_stat_examples], cfg.batch_size,
-                     cfg.steps, cfg.eval_every, seed, callbacks=[monitor])  # fmt: skip
+    curve = _fit(entry.model, x, d.y_train, x_test, d.y_test, x[: cfg.bn_stat_examples], cfg.batch_size,
+                 cfg.steps, cfg.eval_every, seed, callbacks=[monitor])  # fmt: skip
     layer, unit = monitor.to_frame(), monitor.unit_frame()
     percentiles = pd.concat(
         [layer[layer["kind"] == "preact"].assign(scope="layer"),
@@ -775,19 +765,7 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
     return figures
 
 
-def run(cfg: Config) -> dict[str, pd.DataFrame]:
-    """Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."""
-    import sys
-
-    from keras_initkit.study.runner import run_in_process
-
-    return run_in_process(sys.modules[__name__], cfg)
-
-
-def main(argv=None) -> int:
-    import keras_initkit.study
-
-    return keras_initkit.study.main(NAME, argv)
+run, main = entry_points(__name__)  # run(cfg): serial, in process, no files; main(argv): the CLI
 
 
 if __name__ == "__main__":

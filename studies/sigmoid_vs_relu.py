@@ -56,6 +56,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from keras_initkit.study import entry_points
 from keras_initkit.study.data import load_data
 from keras_initkit.study.grid import derive_seed
 from keras_initkit.study.metrics import error_percent, jacobian_singular_values
@@ -624,15 +625,6 @@ def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.Data
             "singular_values": jac_summary, "g1": g1, "cost": cost, "claims": claims}  # fmt: skip
 
 
-def run(cfg: Config) -> dict[str, pd.DataFrame]:
-    """Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."""
-    import sys
-
-    from keras_initkit.study.runner import run_in_process
-
-    return run_in_process(sys.modules[__name__], cfg)
-
-
 # ---------------------------------------------------------------------------------------------------- figures
 
 ROW_ORDER = tuple(row_label(a, i) for a, i in TABLE1_ROWS)
@@ -781,10 +773,7 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
     return figures
 
 
-def main(argv=None) -> int:
-    import keras_initkit.study
-
-    return keras_initkit.study.main(NAME, argv)
+run, main = entry_points(__name__)  # run(cfg): serial, in process, no files; main(argv): the CLI
 
 
 if __name__ == "__main__":

@@ -54,14 +54,13 @@ import keras
 import numpy as np
 import pandas as pd
 
+from keras_initkit.study import entry_points
 from keras_initkit.study.data import load_data
 from keras_initkit.study.grid import derive_seed
 from keras_initkit.study.metrics import cross_entropy, error_percent
-from keras_initkit.study.models import build_vgg, layer_names, transfer_layers, weight_layers
+from keras_initkit.study.models import build_vgg, transfer_layers, weight_layers
 from keras_initkit.study.summary import UNDERFLOW, claim_row, layer_factors, spread, with_trial
 from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve
-
-__all__ = ["build_vgg", "layer_names", "transfer_layers", "weight_layers"]  # the nets, from keras_initkit.study.models
 
 NAME = "vgg_depth"
 
@@ -642,15 +641,6 @@ def summarize(cfg: Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.Data
     }
 
 
-def run(cfg: Config) -> dict[str, pd.DataFrame]:
-    """Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."""
-    import sys
-
-    from keras_initkit.study.runner import run_in_process
-
-    return run_in_process(sys.modules[__name__], cfg)
-
-
 # ------------------------------------------------------------------------------------------------------- figures
 
 
@@ -783,10 +773,7 @@ def plot_recipe(curves: pd.DataFrame):
     )  # fmt: skip
 
 
-def main(argv=None) -> int:
-    import keras_initkit.study
-
-    return keras_initkit.study.main(NAME, argv)
+run, main = entry_points(__name__)  # run(cfg): serial, in process, no files; main(argv): the CLI
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from keras_initkit.study import entry_points
 from keras_initkit.study.grid import derive_seed, expand_grid
 
 NAME = "toy"
@@ -182,19 +183,7 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
     return figures
 
 
-def run(cfg: Config) -> dict[str, pd.DataFrame]:
-    """Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."""
-    import sys
-
-    from keras_initkit.study.runner import run_in_process
-
-    return run_in_process(sys.modules[__name__], cfg)
-
-
-def main(argv=None) -> int:
-    import keras_initkit.study
-
-    return keras_initkit.study.main(NAME, argv)
+run, main = entry_points(__name__)  # run(cfg): serial, in process, no files; main(argv): the CLI
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import sys
 
 from keras_initkit.study.grid import derive_seed, expand_grid, trial_id
 
@@ -32,7 +33,7 @@ _LAZY = {
     "make_engine": "engines",
 }
 
-__all__ = ["available_studies", "derive_seed", "expand_grid", "main", "trial_id", *sorted(_LAZY)]
+__all__ = ["available_studies", "derive_seed", "entry_points", "expand_grid", "main", "trial_id", *sorted(_LAZY)]
 
 
 def available_studies() -> list[str]:
@@ -52,6 +53,29 @@ def main(name: str, argv: list[str] | None = None) -> int:
     from keras_initkit.study import cli
 
     return cli.main(argv, study=name)
+
+
+def entry_points(module_name: str):
+    """A study module's `run(cfg)` and `main(argv)`, bound to it: `run, main = entry_points(__name__)`.
+
+    `run(cfg)`: the whole study serially in this process, no files (`runner.run_in_process`: the trials' tables
+    concatenated in grid order, plus `summarize(cfg, them)`). `main(argv)`: the study's command line.
+    """
+    study_main = main
+
+    def run(cfg):
+        from keras_initkit.study.runner import run_in_process
+
+        return run_in_process(sys.modules[module_name], cfg)
+
+    def run_main(argv: list[str] | None = None) -> int:
+        return study_main(sys.modules[module_name].NAME, argv)
+
+    run.__doc__ = (
+        "Serial run of the whole study in this process, no files: the trials' tables and summarize(cfg, them)."
+    )
+    run_main.__doc__ = "The study's command line (python -m keras_initkit study NAME ...)."
+    return run, run_main
 
 
 def __getattr__(name: str):
