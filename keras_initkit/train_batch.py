@@ -106,14 +106,14 @@ class TrainBatchRecorder:
                 model.make_train_function(force=True)
             finally:
                 object.__delattr__(model, "train_step")
-            st.recording = recording = model.train_function
+            st.recording = model.train_function
             model.train_function = original
 
             def entry(iterator):
                 try:
-                    return recording(iterator)
+                    return st.recording(iterator)
                 finally:  # Keras' own again, also when the execution is interrupted (KeyboardInterrupt)
-                    model.train_function = original
+                    model.train_function = st.original
 
             st.entry = entry
             self.state = st
