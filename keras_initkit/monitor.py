@@ -15,8 +15,19 @@ How the tensors are reached (TensorFlow backend): while the probe function is tr
 `call` is wrapped. A layer with an `activation` attribute (Dense, ConvND, Activation, ...) runs with that attribute
 swapped for a recorder that sees s and returns f(s), so the layer computes exactly what it always computes; an
 activation layer without one (ReLU, LeakyReLU, ELU, PReLU, Softmax) records its input as s; any other layer
-(BatchNormalization, ...) has the identity as its nonlinearity (s = its output). The probe pass runs inside a
+(BatchNormalization, ...) has the identity as its nonlinearity (s = its output), and so has a recurrent layer
+(SimpleRNN, LSTM, GRU, RNN(cell), Bidirectional: s = its output; its kernel is the cell's input kernel, none for
+Bidirectional; per-time-step records are not part of this table). The probe pass runs inside a
 `keras.StatelessScope`, so it never moves BatchNormalization statistics, dropout seeds or metric states.
+
+Attaching the monitor never changes training: every weight after every step is bit-identical to plain `fit` from
+the same seed (tested for softmax and sigmoid outputs with and without `from_logits`, saturated or not). The taps
+keep Keras' link from a softmax/sigmoid output to its logits (`_keras_logits`), so a cross-entropy loss is computed
+from the logits as without the monitor, and the recorded dC/ds of such an output is Keras' own, (p - y)/N for a
+softmax with cross-entropy. One exception, `source="train_batch"` on CPU with oneDNN (TensorFlow's default on x86):
+recording s of a layer with a fused smooth activation (`Dense(..., activation="tanh")`) keeps TensorFlow from fusing
+MatMul+BiasAdd+activation into one oneDNN kernel, whose activation can differ in the last bit (weights then drift
+by float rounding, ~3e-8 after 4 steps); relu and linear layers, GPUs and `source="probe"` are unaffected.
 
 Two sources:
 - `source="probe"` (default): a fixed probe batch, one extra forward and backward pass per record.
@@ -207,10 +218,17 @@ class VarianceMonitor(keras.callbacks.Callback):
     Records on the fixed `probe` batch at step 0 before any update (`at_init`), then every `every` optimizer steps
     (or at steps 1, 2, 4, 8, ... with `every="log"`), and optionally at each epoch's end. Outside `fit`,
     `measure(model)` records once (e.g. at initialization). Results: `to_frame()` (tidy, `COLUMNS`),
-    `histogram_frame()`, `unit_frame()`, `save(path)`. The Keras CSVLogger lifecycle: state made in `__init__`,
-    reset in `on_train_begin` (one instance reused across `fit` calls starts a fresh table each time), finished in
+    `histogram_frame()`, `unit_frame()`, `save(path)`. Steps are the optimizer's `iterations`: a second `fit` of
+    the same model continues the table (at-init rows only while `iterations` is 0), `reset()` starts over, and a fit
+    of another model, or of one whose optimizer's count went back, starts a fresh table. The Keras CSVLogger
+    lifecycle otherwise: state made in `__init__`, checked against the model in `on_train_begin`, finished in
     `on_train_end`; nothing is plotted or written to disk while training except the optional TensorBoard scalars,
-    written at epoch ends.
+    written at epoch ends. A model not built yet (a Sequential without `keras.Input`) is built from the probe's
+    shape before the first record, as Keras builds it from the first batch's.
+
+    For an output whose loss reads the logits (softmax or sigmoid with a cross-entropy, which Keras computes from
+    the logits), Keras computes no dC/df(s): that layer has no `grad_activation` rows, and its `grad_preact` is the
+    gradient with respect to the logits.
 
     Example:
     >>> monitor = VarianceMonitor(probe=(x_val[:256], y_val[:256]), every=50)
@@ -218,9 +236,10 @@ class VarianceMonitor(keras.callbacks.Callback):
     >>> monitor.to_frame().query("kind == 'preact' and stat == 'var'")
 
     Args:
-        probe: `(x, y)` or `(x, y, sample_weight)` (a tuple, as Keras unpacks data) or `x` alone: the fixed batch.
-            Without labels (or without a compiled loss) only the forward kinds and the kernel are recorded.
-            Required unless `source="train_batch"` (where it serves `on_epoch_end` and `measure`).
+        probe: `(x, y)` or `(x, y, sample_weight)` (a tuple, as Keras unpacks data) or `x` alone: the fixed batch;
+            or a batched tf.data.Dataset, keras.utils.PyDataset, generator or iterator, whose first batch is taken
+            once, here. Without labels (or without a compiled loss) only the forward kinds and the kernel are
+            recorded. Required unless `source="train_batch"` (where it serves `on_epoch_end` and `measure`).
         every: record every `every` optimizer steps (int >= 1), or `"log"` for steps 1, 2, 4, 8, ...
         at_init: record at step 0, before the first update.
         on_epoch_end: also record (on the probe) at the end of every epoch.
@@ -239,8 +258,10 @@ class VarianceMonitor(keras.callbacks.Callback):
             that has it (Ioffe & Szegedy Fig 1b tracks one unit's 15/50/85th percentiles): see `unit_frame()`.
         log_dir: if given, TensorBoard scalars `<layer>/<kind>/<stat>` are written there (TensorFlow summaries).
         source: "probe" (the probe batch; one extra forward and backward pass per record) or "train_batch" (the
-            training batch, inside Keras' train step: no extra pass; the model must not override `train_step`;
-            with `steps_per_execution > 1`, an execution that holds a scheduled step records its last step).
+            training batch, inside Keras' train step: no extra pass; the model must not override `train_step`).
+            With `steps_per_execution > 1`, "probe" records after each execution that holds a scheduled step
+            (exact when `every` is a multiple of it) and "train_batch" records the first scheduled step of each
+            execution (exact when `every` >= it); otherwise a warning names the effective schedule, once per fit.
         training: run the probe in training mode (batch statistics in BatchNormalization, dropout active), as the
             optimizer sees the model. The probe pass never updates the model's state either way.
         quantile_sample: percentiles are computed on a fixed pseudo-random sample of this many elements of larger
