@@ -5,12 +5,43 @@ compute; the recorder sees the tensors on their way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import keras
+
 from keras_initkit.layers import Target
 
-__all__ = ["LayerHooks", "OptimizerTap"]
+__all__ = ["LayerHooks", "OptimizerTap", "layer_kernel", "reachable"]
+
+# The op types whose output Keras' cross-entropies read back to the logits (keras/src/backend/tensorflow/nn.py,
+# `_get_logits`), when the tensor carries no `_keras_logits` attribute.
+_LOGITS_OPS = ("Softmax", "Sigmoid")
+
+
+def _is_recurrent(layer) -> bool:
+    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
+
+
+def reachable(targets: list[Target]) -> list[Target]:
+    """The targets as the hooks reach them: a recurrent layer (RNN, LSTM, GRU, SimpleRNN, RNN(cell), Bidirectional)
+    has no activation to swap (its cell applies it at each time step): s is its output, its kernel the cell's input
+    kernel (none for Bidirectional). Other targets are returned unchanged.
+    """
+    out = []
+    for t in targets:
+        if _is_recurrent(t.layer):
+            t = dataclasses.replace(t, mode="identity", activation=None, kernel=layer_kernel(t.layer))
+        out.append(t)
+    return out
+
+
+def layer_kernel(layer):
+    """The kernel variable a target records: a recurrent layer's cell's input kernel, else the layer's `kernel`;
+    None where there is none (or not yet: a layer built at its first call)."""
+    kernel = getattr(getattr(layer, "cell", None) if _is_recurrent(layer) else layer, "kernel", None)
+    return kernel if isinstance(kernel, keras.Variable) else None
 
 
 class LayerHooks:
@@ -19,6 +50,11 @@ class LayerHooks:
     `on_preact(target, s)` and `on_activation(target, a)` return the tensor the forward pass goes on with (the same
     values; a recorder may insert an identity op to reach the gradient that flows through this layer only).
     `after_call(target)` runs once the layer returned. A layer called twice (shared) is recorded at its first call.
+
+    Keras' link from a softmax/sigmoid output to its logits survives the taps, so a cross-entropy loss computes what
+    it computes without them (from the logits): a tapped tensor carries the `_keras_logits` of the tensor it
+    replaces, and a raw Softmax/Sigmoid op output (whose link is its op type) is recorded but not replaced. `linked`
+    holds the targets whose tapped output has such a link: a loss may then never read that tensor itself.
     """
 
     def __init__(self, targets, on_preact, on_activation, after_call=None):
@@ -29,7 +65,22 @@ class LayerHooks:
             after_call,
         )
         self.called: set[int] = set()
+        self.linked: set[int] = set()
         self._saved: list[tuple[Any, Any]] = []
+
+    def _tap(self, fn, t: Target, x):
+        """`fn(t, x)`, the tensor the forward pass goes on with, keeping the logits link of `x`."""
+        logits = getattr(x, "_keras_logits", None)
+        op = getattr(x, "op", None)
+        if logits is None and op is not None and getattr(op, "type", None) in _LOGITS_OPS:
+            self.linked.add(t.index)
+            fn(t, x)
+            return x
+        out = fn(t, x)
+        if logits is not None and out is not x:
+            self.linked.add(t.index)
+            out._keras_logits = logits
+        return out
 
     def _wrap(self, t: Target, orig):
         def call(*args, **kwargs):
@@ -42,7 +93,7 @@ class LayerHooks:
                 def recorder(s):
                     if not seen:  # a layer applying its activation more than once is recorded at the first
                         seen.append(True)
-                        s = self.on_preact(t, s)
+                        s = self._tap(self.on_preact, t, s)
                     return act(s)
 
                 object.__setattr__(t.layer, "activation", recorder)
@@ -51,12 +102,12 @@ class LayerHooks:
                 finally:
                     object.__setattr__(t.layer, "activation", act)
                 if not seen:  # its `call` never applied `activation`: the identity is its nonlinearity
-                    out = self.on_preact(t, out)
+                    out = self._tap(self.on_preact, t, out)
             elif t.mode == "input":
-                out = orig(self.on_preact(t, args[0]), *args[1:], **kwargs)
+                out = orig(self._tap(self.on_preact, t, args[0]), *args[1:], **kwargs)
             else:
-                out = self.on_preact(t, orig(*args, **kwargs))
-            out = self.on_activation(t, out)
+                out = self._tap(self.on_preact, t, orig(*args, **kwargs))
+            out = self._tap(self.on_activation, t, out)
             if self.after_call is not None:
                 self.after_call(t)
             return out

@@ -15,8 +15,19 @@ How the tensors are reached (TensorFlow backend): while the probe function is tr
 `call` is wrapped. A layer with an `activation` attribute (Dense, ConvND, Activation, ...) runs with that attribute
 swapped for a recorder that sees s and returns f(s), so the layer computes exactly what it always computes; an
 activation layer without one (ReLU, LeakyReLU, ELU, PReLU, Softmax) records its input as s; any other layer
-(BatchNormalization, ...) has the identity as its nonlinearity (s = its output). The probe pass runs inside a
+(BatchNormalization, ...) has the identity as its nonlinearity (s = its output), and so has a recurrent layer
+(SimpleRNN, LSTM, GRU, RNN(cell), Bidirectional: s = its output; its kernel is the cell's input kernel, none for
+Bidirectional; per-time-step records are not part of this table). The probe pass runs inside a
 `keras.StatelessScope`, so it never moves BatchNormalization statistics, dropout seeds or metric states.
+
+Attaching the monitor never changes training: every weight after every step is bit-identical to plain `fit` from
+the same seed (tested for softmax and sigmoid outputs with and without `from_logits`, saturated or not). The taps
+keep Keras' link from a softmax/sigmoid output to its logits (`_keras_logits`), so a cross-entropy loss is computed
+from the logits as without the monitor, and the recorded dC/ds of such an output is Keras' own, (p - y)/N for a
+softmax with cross-entropy. One exception, `source="train_batch"` on CPU with oneDNN (TensorFlow's default on x86):
+recording s of a layer with a fused smooth activation (`Dense(..., activation="tanh")`) keeps TensorFlow from fusing
+MatMul+BiasAdd+activation into one oneDNN kernel, whose activation can differ in the last bit (weights then drift
+by float rounding, ~3e-8 after 4 steps); relu and linear layers, GPUs and `source="probe"` are unaffected.
 
 Two sources:
 - `source="probe"` (default): a fixed probe batch, one extra forward and backward pass per record.
@@ -33,7 +44,9 @@ recorder); this module holds the callback: its arguments, lifecycle, schedule, t
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import re
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -45,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from keras_initkit.fileio import write_frame
-from keras_initkit.hooks import LayerHooks
+from keras_initkit.hooks import LayerHooks, reachable
 from keras_initkit.layers import leaf_layers, select_layers
 from keras_initkit.record import COLUMNS, KINDS, Layout, Record, RecordSpec, empty, frame, reset_hist
 from keras_initkit.stats import STATS, TensorView
@@ -71,13 +84,109 @@ def _check_every(every):
     return int(every)
 
 
+def _first_batch(probe):
+    """The first batch of a tf.data.Dataset, a keras.utils.PyDataset, a generator or an iterator; else `probe`."""
+    tf = _tf()
+    if isinstance(probe, tf.data.Dataset):
+        for batch in probe.take(1):
+            return keras.tree.map_structure(np.asarray, batch)
+        raise ValueError(f"`probe` as a tf.data.Dataset must yield a batch. Received: an empty dataset {probe!r}")
+    if isinstance(probe, keras.utils.PyDataset):
+        return probe[0]
+    if inspect.isgenerator(probe) or (hasattr(probe, "__next__") and hasattr(probe, "__iter__")):
+        try:
+            return next(probe)
+        except StopIteration:
+            raise ValueError(f"`probe` as a generator must yield a batch. Received: an exhausted {probe!r}") from None
+    return probe
+
+
 def _check_probe(probe):
+    """(x, y, sample_weight) of the probe: arrays (or nested structures of arrays) of one number of samples, >= 1."""
     if probe is None:
         return None
+    probe = _first_batch(probe)
     x, y, sw = keras.utils.unpack_x_y_sample_weight(probe)
     if x is None:
         raise ValueError(f"`probe` must be (x, y), (x, y, sample_weight) or x. Received: probe={probe!r}")
+    sizes = {}
+    for name, part in (("x", x), ("y", y), ("sample_weight", sw)):
+        for leaf in keras.tree.flatten(part) if part is not None else []:
+            shape = getattr(leaf, "shape", None)
+            if shape is None:
+                leaf = np.asarray(leaf)
+                shape = leaf.shape
+            if len(shape) == 0:
+                raise ValueError(
+                    f"`probe` arrays must have a first (sample) axis. Received: {name} of shape {tuple(shape)}"
+                )
+            sizes.setdefault(name, int(shape[0]))
+            if int(shape[0]) != sizes[name]:
+                sizes[name] = -1
+    if any(n == -1 for n in sizes.values()) or len(set(sizes.values())) > 1:
+        raise ValueError(
+            "`probe` arrays must hold the same number of samples (first axis) in x, y and sample_weight. "
+            f"Received: samples {sizes} (-1: differing within one part)"
+        )
+    if 0 in sizes.values():
+        raise ValueError(f"`probe` must hold at least one sample. Received: samples {sizes}")
     return x, y, sw
+
+
+def _check_layers(layers):
+    """`layers` of the form `select_layers` takes; a regex is compiled here, so a bad one fails at construction."""
+    if layers is None or isinstance(layers, type):
+        return layers
+    if isinstance(layers, str):
+        try:
+            re.compile(layers)
+        except re.error as e:
+            raise ValueError(f"`layers` as a string must be a valid regex ({e}). Received: layers={layers!r}") from None
+        return layers
+    if isinstance(layers, (list, tuple)) and layers and all(isinstance(e, (str, type)) for e in layers):
+        return list(layers)
+    raise ValueError(
+        "`layers` must be None, a list of layer names and/or layer types, a layer type, or a regex string. "
+        f"Received: layers={layers!r}"
+    )
+
+
+def _check_log_dir(log_dir):
+    if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+        raise ValueError(f"`log_dir` must be None, a str or a path. Received: log_dir={log_dir!r}")
+    return log_dir
+
+
+def _check_probe_fits(model, probe) -> None:
+    """The probe's features match the model's inputs, and sparse labels lie within the output's units."""
+    x, y, _ = probe
+    try:
+        inputs = list(model.inputs or [])
+    except (AttributeError, ValueError):  # a model built without keras.Input has no symbolic inputs
+        inputs = []
+    leaves = keras.tree.flatten(x)
+    if inputs and len(inputs) == len(leaves):
+        for inp, leaf in zip(inputs, leaves, strict=True):
+            want, got = tuple(inp.shape[1:]), tuple(np.shape(leaf)[1:])
+            if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=True)):
+                raise ValueError(
+                    f"`probe` x must match the model's input shape (batch, *{want}). "
+                    f"Received: probe x of shape {tuple(np.shape(leaf))} for model {model.name!r}"
+                )
+    loss = getattr(model, "loss", None)
+    loss_name = str(getattr(loss, "name", None) or getattr(loss, "__name__", None) or loss)
+    outputs = keras.tree.flatten(getattr(model, "outputs", None) or []) if inputs else []
+    if y is None or "sparse_categorical" not in loss_name or len(outputs) != 1:
+        return
+    labels = np.asarray(y)
+    units = outputs[0].shape[-1]
+    if units is not None and labels.size and np.issubdtype(labels.dtype, np.number):
+        lo, hi = labels.min(), labels.max()
+        if lo < 0 or hi >= units:
+            raise ValueError(
+                f"`probe` labels must lie in [0, {units}) for the model's {units} output units (loss {loss_name!r}). "
+                f"Received: probe y in [{lo}, {hi}]"
+            )
 
 
 @dataclass
@@ -100,7 +209,7 @@ class _Fit:
     epoch_base: int = 0  # steps taken before this epoch
     last_probe_step: int | None = None
     warned_diverged: bool = False
-    recording_now: bool = False  # the train-batch recorder's function runs this execution
+    recording: int | None = None  # the step the train-batch recorder records in this execution
 
 
 class VarianceMonitor(keras.callbacks.Callback):
@@ -109,10 +218,17 @@ class VarianceMonitor(keras.callbacks.Callback):
     Records on the fixed `probe` batch at step 0 before any update (`at_init`), then every `every` optimizer steps
     (or at steps 1, 2, 4, 8, ... with `every="log"`), and optionally at each epoch's end. Outside `fit`,
     `measure(model)` records once (e.g. at initialization). Results: `to_frame()` (tidy, `COLUMNS`),
-    `histogram_frame()`, `unit_frame()`, `save(path)`. The Keras CSVLogger lifecycle: state made in `__init__`,
-    reset in `on_train_begin` (one instance reused across `fit` calls starts a fresh table each time), finished in
+    `histogram_frame()`, `unit_frame()`, `save(path)`. Steps are the optimizer's `iterations`: a second `fit` of
+    the same model continues the table (at-init rows only while `iterations` is 0), `reset()` starts over, and a fit
+    of another model, or of one whose optimizer's count went back, starts a fresh table. The Keras CSVLogger
+    lifecycle otherwise: state made in `__init__`, checked against the model in `on_train_begin`, finished in
     `on_train_end`; nothing is plotted or written to disk while training except the optional TensorBoard scalars,
-    written at epoch ends.
+    written at epoch ends. A model not built yet (a Sequential without `keras.Input`) is built from the probe's
+    shape before the first record, as Keras builds it from the first batch's.
+
+    For an output whose loss reads the logits (softmax or sigmoid with a cross-entropy, which Keras computes from
+    the logits), Keras computes no dC/df(s): that layer has no `grad_activation` rows, and its `grad_preact` is the
+    gradient with respect to the logits.
 
     Example:
     >>> monitor = VarianceMonitor(probe=(x_val[:256], y_val[:256]), every=50)
@@ -120,9 +236,10 @@ class VarianceMonitor(keras.callbacks.Callback):
     >>> monitor.to_frame().query("kind == 'preact' and stat == 'var'")
 
     Args:
-        probe: `(x, y)` or `(x, y, sample_weight)` (a tuple, as Keras unpacks data) or `x` alone: the fixed batch.
-            Without labels (or without a compiled loss) only the forward kinds and the kernel are recorded.
-            Required unless `source="train_batch"` (where it serves `on_epoch_end` and `measure`).
+        probe: `(x, y)` or `(x, y, sample_weight)` (a tuple, as Keras unpacks data) or `x` alone: the fixed batch;
+            or a batched tf.data.Dataset, keras.utils.PyDataset, generator or iterator, whose first batch is taken
+            once, here. Without labels (or without a compiled loss) only the forward kinds and the kernel are
+            recorded. Required unless `source="train_batch"` (where it serves `on_epoch_end` and `measure`).
         every: record every `every` optimizer steps (int >= 1), or `"log"` for steps 1, 2, 4, 8, ...
         at_init: record at step 0, before the first update.
         on_epoch_end: also record (on the probe) at the end of every epoch.
@@ -141,8 +258,10 @@ class VarianceMonitor(keras.callbacks.Callback):
             that has it (Ioffe & Szegedy Fig 1b tracks one unit's 15/50/85th percentiles): see `unit_frame()`.
         log_dir: if given, TensorBoard scalars `<layer>/<kind>/<stat>` are written there (TensorFlow summaries).
         source: "probe" (the probe batch; one extra forward and backward pass per record) or "train_batch" (the
-            training batch, inside Keras' train step: no extra pass; the model must not override `train_step`;
-            with `steps_per_execution > 1`, an execution that holds a scheduled step records its last step).
+            training batch, inside Keras' train step: no extra pass; the model must not override `train_step`).
+            With `steps_per_execution > 1`, "probe" records after each execution that holds a scheduled step
+            (exact when `every` is a multiple of it) and "train_batch" records the first scheduled step of each
+            execution (exact when `every` >= it); otherwise a warning names the effective schedule, once per fit.
         training: run the probe in training mode (batch statistics in BatchNormalization, dropout active), as the
             optimizer sees the model. The probe pass never updates the model's state either way.
         quantile_sample: percentiles are computed on a fixed pseudo-random sample of this many elements of larger
@@ -178,9 +297,9 @@ class VarianceMonitor(keras.callbacks.Callback):
         self.every = _check_every(every)
         self.at_init = bool(at_init)
         self.record_epoch_end = bool(on_epoch_end)
-        self.layers = layers
+        self.layers = _check_layers(layers)
         self.spec = RecordSpec.create(kinds, stats, histograms, bins, bin_range, track_unit, quantile_sample)
-        self.log_dir = log_dir
+        self.log_dir = _check_log_dir(log_dir)
         self.source = source
         self.training = bool(training)
         self.probe = _check_probe(probe)
@@ -191,16 +310,23 @@ class VarianceMonitor(keras.callbacks.Callback):
             )
         # Built per model, kept across fits (a traced function is never retraced per record).
         self._probe: _Probe | None = None
-        self._train = TrainBatchRecorder(self.spec, layers)
+        self._train = TrainBatchRecorder(self.spec, self.layers)
         self._writer = None
-        self._reset_table()
+        self._owner: weakref.ref | None = None  # the model the table was recorded on
+        self.reset()
 
     # -- table ----------------------------------------------------------------------------------------------------
 
-    def _reset_table(self):
+    def reset(self) -> None:
+        """Forget every record: the next `fit` (or `measure`) starts a fresh table and fresh histogram ranges."""
         self._records: list[Record] = []
         self._pending: list[Record] = []
         self._fit = _Fit()
+        self._owner = None
+        if self._probe is not None:
+            reset_hist(self._probe.hist)
+        if self._train.state is not None:
+            reset_hist(self._train.state.hist)
 
     def _flush(self):
         """Move pending records (device tensors) to the host table; warn about divergence; write TensorBoard."""
@@ -297,11 +423,9 @@ class VarianceMonitor(keras.callbacks.Callback):
         if st is not None and st.model() is model and st.compiled == compiled:
             return st
         tf = _tf()
-        if not model.built:
-            raise ValueError(
-                f"The model must be built (called on data, or given an Input) before measuring: {model.name!r}"
-            )
-        targets = select_layers(model, self.layers)
+        _ensure_built(model, self.probe[0])
+        _check_probe_fits(model, self.probe)
+        targets = reachable(select_layers(model, self.layers))
         x, y, sw = self.probe
         spec = self.spec
         has_loss = getattr(model, "compiled", False) and getattr(model, "loss", None) is not None
@@ -355,8 +479,12 @@ class VarianceMonitor(keras.callbacks.Callback):
             if grads:  # every gradient, whichever kinds are recorded: the recorded ones keep their values
                 keys = [k for k in rec] + [(i, "kernel") for i in kernels]
                 srcs = [rec[k] for k in rec] + list(kernels.values())
-                gs = tape.gradient(loss, srcs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                tensors |= {(i, "grad_" + kind): g for (i, kind), g in zip(keys, gs, strict=True)}
+                gs = tape.gradient(loss, srcs, unconnected_gradients=tf.UnconnectedGradients.NONE)
+                for (i, kind), src, g in zip(keys, srcs, gs, strict=True):
+                    # A softmax/sigmoid output whose loss reads its logits: Keras computes no dC/df(s) (nor does the
+                    # train-batch recorder see one); any other unconnected gradient is zero.
+                    if g is not None or kind == "kernel" or i not in hooks.linked:
+                        tensors[(i, "grad_" + kind)] = tf.zeros_like(src) if g is None else g
             layout.entries.clear()
             layout.__dict__.pop("arrays", None)
             vals = []
@@ -400,24 +528,50 @@ class VarianceMonitor(keras.callbacks.Callback):
 
     # -- Keras callback hooks -------------------------------------------------------------------------------------
 
-    def _last_scheduled(self, lo: int, hi: int) -> int | None:
-        """The largest step t in [lo, hi] that the schedule records, or None."""
-        if hi < lo or hi < 0:
+    def _scheduled(self, lo: int, hi: int, last: bool) -> int | None:
+        """The largest (`last`) or smallest step t in [lo, hi] that the schedule records, or None."""
+        lo = max(lo, 0 if self.at_init else 1)
+        if hi < lo:
             return None
         if self.every == "log":
-            t = 1 << (hi.bit_length() - 1) if hi >= 1 else 0
+            t = (1 << (hi.bit_length() - 1) if hi else 0) if last else (1 << (lo - 1).bit_length() if lo else 0)
         else:
-            t = hi - hi % self.every
-        if t < lo or (t == 0 and not self.at_init):
-            return None
-        return t
+            t = hi - hi % self.every if last else -(-lo // self.every) * self.every
+        return t if lo <= t <= hi else None
+
+    def _check_schedule(self, spe: int) -> None:
+        """Warn (once per fit) where `steps_per_execution` keeps the schedule from being recorded as asked."""
+        if spe <= 1:
+            return
+        if self.source == "probe" and (self.every == "log" or self.every % spe):
+            effect = (
+                f"the probe can only be recorded between executions: every={self.every!r} records after each "
+                f"execution of {spe} steps that holds a scheduled step (steps that are multiples of {spe}); "
+                f"use an `every` that is a multiple of {spe} to record the schedule exactly"
+            )
+        elif self.source == "train_batch" and (self.every == "log" or self.every < spe):
+            effect = (
+                f"one training batch per execution of {spe} steps is recorded: every={self.every!r} records the "
+                f"first scheduled step of each execution; use every >= {spe} to record the schedule exactly"
+            )
+        else:
+            return
+        warnings.warn(f"VarianceMonitor: with steps_per_execution={spe}, {effect}.", UserWarning, stacklevel=3)
 
     def on_train_begin(self, logs=None):
         _require_tensorflow()
-        self._reset_table()
         model = self.model
+        optimizer = getattr(model, "optimizer", None)
+        start = int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        owner = None if self._owner is None else self._owner()
+        if owner is not None and (owner is not model or start < self._fit.steps):
+            self.reset()  # another model, or its optimizer started over: a new run, a new table
+        self._owner = weakref.ref(model)
+        self._flush()
+        self._fit = _Fit(steps=start, epoch_base=start)
+        self._check_schedule(int(getattr(model, "steps_per_execution", 1) or 1))
         if self.probe is not None:
-            reset_hist(self._probe_fn(model).hist)
+            self._probe_fn(model)  # traced now (the model built first if Keras has not): bad input fails here
         if self.source == "train_batch":
             self._train.install(model)
         if self.log_dir is not None:
@@ -430,7 +584,7 @@ class VarianceMonitor(keras.callbacks.Callback):
                 )
             else:
                 self._writer = _tf().summary.create_file_writer(os.fspath(self.log_dir))
-        if self.source == "probe" and self.at_init:
+        if self.source == "probe" and self.at_init and start == 0:
             self._record_probe(model, 0, 0)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -439,23 +593,24 @@ class VarianceMonitor(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.source == "train_batch":
-            # Keras calls `model.train_function` afresh at each step: the recording one runs only when the schedule
-            # holds a step of this execution, Keras' own (untouched) one otherwise.
+            # Keras calls `model.train_function` afresh at each execution: the recording one runs only when the
+            # schedule holds a step of this execution (it records that step), Keras' own (untouched) one otherwise.
             first = self._fit.epoch_base + int(batch)
             last = first + int(getattr(self.model, "steps_per_execution", 1) or 1) - 1
-            self._fit.recording_now = self._last_scheduled(first, last) is not None
-            self._train.use(self.model, self._fit.recording_now)
+            self._fit.recording = self._scheduled(first, last, last=False)
+            self._train.use(self.model, self._fit.recording)
 
     def on_train_batch_end(self, batch, logs=None):
         fit = self._fit
         prev, cur = fit.steps, fit.epoch_base + int(batch) + 1
         fit.steps = cur
         if self.source == "probe":
-            if self._last_scheduled(prev + 1, cur) is not None:
+            if self._scheduled(prev + 1, cur, last=True) is not None:
                 self._record_probe(self.model, cur, fit.epoch)
-        elif fit.recording_now:  # the slots hold the statistics of the execution's last step, cur - 1
-            self._pending.append(Record(self._train.state.layout, cur - 1, fit.epoch, self._train.read()))
-            fit.recording_now = False
+        elif fit.recording is not None:
+            if fit.recording < cur:  # else the execution ended (with its epoch) before the scheduled step
+                self._pending.append(Record(self._train.state.layout, fit.recording, fit.epoch, self._train.read()))
+            fit.recording = None
 
     def on_epoch_end(self, epoch, logs=None):
         if self.record_epoch_end and self._fit.last_probe_step != self._fit.steps:
@@ -469,6 +624,13 @@ class VarianceMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _ensure_built(model, x) -> None:
+    """Build a model not built yet (a Sequential without keras.Input, which Keras builds at its first batch) from the
+    probe's shape, as Keras builds it from the first batch's, before the probe's function is traced."""
+    if not model.built:
+        model.build(keras.tree.map_structure(lambda v: (None, *np.shape(v)[1:]), x))
 
 
 def _require_tensorflow():

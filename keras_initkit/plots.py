@@ -153,7 +153,7 @@ def variance_vs_depth(
     *,
     x: str = "depth",
     stat: str = "var",
-    hue: str | None = "init",
+    hue: str | None = "auto",
     col: str | None = None,
     predicted: pd.DataFrame | None = None,
     step: int | str | None = 0,
@@ -174,7 +174,8 @@ def variance_vs_depth(
         kind: which tensor ("preact", "activation", "grad_preact", ...).
         x: the column of the monitored layer's index ("depth", as the monitor and the theory write it).
         stat: which statistic, where the frame has a `stat` column.
-        hue: column giving one line (color) per level, or None.
+        hue: column giving one line (color) per level, or None; "auto" (default): the `init` column where the frame
+            has one (a study's table), else None (a plain `monitor.to_frame()`).
         col: column giving one panel per level, or None.
         predicted: theory rows (depth, kind, value), dashed; matched to the panels and colors by `col`/`hue` when
             it has those columns, else one black dashed line per panel. A kind it has no rows for (the theory
@@ -189,6 +190,8 @@ def variance_vs_depth(
         The Figure, one axes per `col` level.
     """
     _check_frame(frame, "frame", [x, "kind", "value"])
+    if hue == "auto":
+        hue = "init" if "init" in frame.columns else None
     _check_column(frame, "hue", hue)
     _check_column(frame, "col", col)
     data = _where(frame, "frame", "kind", kind)

@@ -256,7 +256,7 @@ class RecordSpec:
             v = fn(view)
             if v is not None:
                 layout.entries.append(("stat", t.index, kind, name, unit))
-                scalars.append(v if v.dtype == tf.float32 else tf.cast(v, tf.float32))
+                scalars.append(_scalar(name, v))
         vals = [tf.stack(scalars)] if scalars else []
         if unit < 0 and kind in self.histogram_kinds:
             lo, hi = self._hist_range(view, t, kind, hist)
@@ -312,6 +312,21 @@ class RecordSpec:
             for kind in self.kinds_of(t)
             if kind in self.histogram_kinds
         }
+
+
+def _scalar(name: str, v):
+    """A `stats` entry's value as a float32 scalar tensor, or a ValueError naming the entry."""
+    tf = _tf()
+    try:
+        t = tf.convert_to_tensor(v)
+    except (TypeError, ValueError):
+        t = None
+    if t is None or t.shape.rank != 0 or not (t.dtype.is_floating or t.dtype.is_integer or t.dtype.is_bool):
+        raise ValueError(
+            f"`stats` entry {name!r} must return a numeric scalar tensor (or None to skip the tensor). Received: {v!r}"
+        )
+    v = t
+    return v if v.dtype == tf.float32 else tf.cast(v, tf.float32)
 
 
 def reset_hist(state: dict | None) -> None:

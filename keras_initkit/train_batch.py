@@ -17,9 +17,9 @@ from typing import Any
 
 import keras
 
-from keras_initkit.hooks import LayerHooks, OptimizerTap
+from keras_initkit.hooks import LayerHooks, OptimizerTap, layer_kernel, reachable
 from keras_initkit.layers import Target, select_layers
-from keras_initkit.record import FORWARD_KINDS, Layout, RecordSpec, reset_hist
+from keras_initkit.record import FORWARD_KINDS, Layout, RecordSpec
 
 __all__ = ["TrainBatchRecorder"]
 
@@ -45,7 +45,10 @@ class _Installed:
     hist: dict
     original: Any  # Keras' own train function
     xla: bool
+    step: Any  # tf.Variable: the step to record where an execution runs several (steps_per_execution > 1)
+    gated: bool  # steps_per_execution > 1: the slots are assigned at `step` only
     recording: Any = None  # the train function with taps
+    entry: Any = None  # what `use` hands Keras for a recorded execution: `recording`, then Keras' own again
     slots: dict[tuple, Any] = field(default_factory=dict)  # key -> tf.Variable holding that part of the vector
     read: Callable | None = None  # traced: the slots concatenated
 
@@ -67,10 +70,22 @@ class TrainBatchRecorder:
             )
         st = self.state
         original = model.make_train_function() or model.train_function  # fit made it already; compile() resets it
+        if st is not None and st.model() is model and original is st.entry:  # left in place by an interrupted fit
+            model.train_function = original = st.original
         if st is None or st.model() is not model or st.original is not original:
-            targets = select_layers(model, self.layers)
+            targets = reachable(select_layers(model, self.layers))
+            with tf.init_scope():
+                step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+            gated = int(getattr(model, "steps_per_execution", 1) or 1) > 1
             st = _Installed(
-                weakref.ref(model), targets, Layout(targets), self.spec.hist_state(targets), original, uses_xla(model)
+                weakref.ref(model),
+                targets,
+                Layout(targets),
+                self.spec.hist_state(targets),
+                original,
+                uses_xla(model),
+                step,
+                gated,
             )
             orig_step = model.train_step
             recorder = self
@@ -93,12 +108,24 @@ class TrainBatchRecorder:
                 object.__delattr__(model, "train_step")
             st.recording = model.train_function
             model.train_function = original
-            self.state = st
-        reset_hist(st.hist)
 
-    def use(self, model, recording: bool) -> None:
-        """Hand Keras the recording train function for the next execution, or its own."""
-        model.train_function = self.state.recording if recording else self.state.original
+            def entry(iterator):
+                try:
+                    return st.recording(iterator)
+                finally:  # Keras' own again, also when the execution is interrupted (KeyboardInterrupt)
+                    model.train_function = st.original
+
+            st.entry = entry
+            self.state = st
+
+    def use(self, model, step: int | None) -> None:
+        """Hand Keras the recording train function for the next execution (recording `step`), or its own (None)."""
+        st = self.state
+        if step is None:
+            model.train_function = st.original
+            return
+        st.step.assign(step)
+        model.train_function = st.entry
 
     def uninstall(self, model) -> None:
         st = self.state
@@ -125,8 +152,17 @@ class TrainBatchRecorder:
             st.slots[key] = var
             st.layout.extend(staged)
             st.read = None
-            return var.assign(vec, read_value=False)
-        return st.slots[key].assign(compute(Layout(st.targets)), read_value=False)
+            return self._assign(st, var, vec)
+        return self._assign(st, st.slots[key], compute(Layout(st.targets)))
+
+    def _assign(self, st: _Installed, var, vec):
+        """var = vec; with several steps per execution, at the recorded step only (the optimizer has not counted the
+        step yet while its taps run)."""
+        tf = _tf()
+        if st.gated:
+            now = tf.equal(tf.cast(st.model().optimizer.iterations, tf.int64), st.step)
+            vec = tf.where(now, vec, var)
+        return var.assign(vec, read_value=False)
 
     def store(self, st: _Installed, key: tuple, items: list, scale=None):
         """The statistics of every recorded (target, kind, tensor) in `items`, into the slot `key`."""
@@ -185,6 +221,9 @@ class _StepTaps:
         return self._identity(t, "activation", a)
 
     def after_call(self, t: Target):
+        if t.kernel is None and layer_kernel(t.layer) is not None:  # built at this call (no keras.Input)
+            t.kernel = layer_kernel(t.layer)
+            self.by_var[id(t.kernel)] = t
         items = [(t, kind, x) for kind, x in self.forward.pop(t.index).items()]
         if t.kernel is not None:
             items.append((t, "kernel", _tf().convert_to_tensor(t.kernel.value)))

@@ -105,7 +105,7 @@ def test_variance_vs_depth_single_run_and_errors():
     by_step = variance_vs_depth(frame, hue="step", step=None)
     assert len(_data_lines(by_step.axes[0])) == 3  # one line per recorded step
     with pytest.raises(ValueError, match="`hue` must be a column"):
-        variance_vs_depth(frame)  # no init column: hue="init" must be changed
+        variance_vs_depth(frame, hue="init")  # no init column
     with pytest.raises(ValueError, match="no rows with kind == 'kernel'.*Present"):
         variance_vs_depth(frame, kind="kernel", hue=None)
     with pytest.raises(ValueError, match="no rows with step == 7"):
