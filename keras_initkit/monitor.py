@@ -50,7 +50,7 @@ import re
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -61,6 +61,7 @@ from keras_initkit.fileio import write_frame
 from keras_initkit.hooks import LayerHooks, reachable
 from keras_initkit.layers import leaf_layers, select_layers
 from keras_initkit.record import COLUMNS, KINDS, Layout, Record, RecordSpec, empty, frame, reset_hist
+from keras_initkit.recurrent import TIME_KINDS, TimeTaps, recurrent_targets, time_frame
 from keras_initkit.stats import STATS, TensorView
 from keras_initkit.train_batch import TrainBatchRecorder, uses_xla
 
@@ -198,6 +199,7 @@ class _Probe:
     fn: Callable
     layout: Layout
     hist: dict
+    time_layout: list = field(default_factory=list)  # (layer, kind, T) of each per-time-step block, in order
 
 
 @dataclass
@@ -321,6 +323,7 @@ class VarianceMonitor(keras.callbacks.Callback):
         """Forget every record: the next `fit` (or `measure`) starts a fresh table and fresh histogram ranges."""
         self._records: list[Record] = []
         self._pending: list[Record] = []
+        self._time: list[tuple[int, list, Any]] = []  # (step, time layout, vector) of recurrent layers' records
         self._fit = _Fit()
         self._owner = None
         if self._probe is not None:
@@ -410,6 +413,25 @@ class VarianceMonitor(keras.callbacks.Callback):
                 parts.append(frame(layout, steps, epochs, mat, sel, unit)[list(columns)])
         return pd.concat(parts, ignore_index=True) if parts else empty(columns)
 
+    def time_frame(self) -> pd.DataFrame:
+        """Per time step of every monitored recurrent layer (SimpleRNN, LSTM, GRU, RNN(cell), each direction of a
+        Bidirectional), at each probe record: columns `step, layer, t, lag, kind, stat, value`, lag = T-1-t.
+
+        Kinds: "hidden" (h_t) and "grad_hidden" (dC/dh_t: the total gradient of the loss with respect to h_t,
+        through the output and every later step: the vanishing-gradient-through-time measurement of Bengio et al.
+        1994 and Pascanu et al. 2013). Stats: mean and var over examples and units, and "norm", the mean over
+        examples of ||dC/dh_t||_2 (Pascanu's and Arjovsky's curves). Probe records only (source="probe",
+        `on_epoch_end`, `measure`); see `keras_initkit.recurrent` for how h_t is tapped without changing the output.
+        """
+        self._flush()
+        parts = [
+            time_frame(_time_values(layout, np.asarray(vec)), TIME_RECORD_STATS).assign(step=step)
+            for step, layout, vec in self._time
+        ]
+        if not parts:
+            return empty(TIME_COLUMNS)
+        return pd.concat(parts, ignore_index=True)[list(TIME_COLUMNS)]
+
     def save(self, path: str | os.PathLike) -> None:
         """Write `to_frame()` to `path` (.parquet or .csv), atomically (a temporary file, then os.replace)."""
         write_frame(path, self.to_frame())
@@ -426,6 +448,8 @@ class VarianceMonitor(keras.callbacks.Callback):
         _ensure_built(model, self.probe[0])
         _check_probe_fits(model, self.probe)
         targets = reachable(select_layers(model, self.layers))
+        time_targets = _time_targets(model, targets)
+        time_layout: list[tuple[str, str, int]] = []
         x, y, sw = self.probe
         spec = self.spec
         has_loss = getattr(model, "compiled", False) and getattr(model, "loss", None) is not None
@@ -468,7 +492,10 @@ class VarianceMonitor(keras.callbacks.Callback):
 
                 tape.watch(list(kernels.values()))
                 with keras.StatelessScope():  # no BatchNormalization, seed or metric update escapes the probe
-                    with LayerHooks(targets, keep("preact"), keep("activation")) as hooks:
+                    with (
+                        LayerHooks(targets, keep("preact"), keep("activation")) as hooks,
+                        TimeTaps(time_targets, tape.watch) as taps,
+                    ):
                         y_pred = model(x, training=training)
                     if grads:
                         loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw)
@@ -476,10 +503,16 @@ class VarianceMonitor(keras.callbacks.Callback):
             if missing:
                 raise ValueError(f"`layers` selects layers that the model's forward pass does not call: {missing}")
             tensors = dict(rec)
+            eps = taps.sources()  # dC/d eps_t = dC/dh_t of each recurrent layer (keras_initkit.recurrent)
+            time_grads = None
             if grads:  # every gradient, whichever kinds are recorded: the recorded ones keep their values
                 keys = [k for k in rec] + [(i, "kernel") for i in kernels]
                 srcs = [rec[k] for k in rec] + list(kernels.values())
-                gs = tape.gradient(loss, srcs, unconnected_gradients=tf.UnconnectedGradients.NONE)
+                gs = tape.gradient(loss, srcs + eps, unconnected_gradients=tf.UnconnectedGradients.NONE)
+                gs, time_grads = (
+                    gs[: len(srcs)],
+                    [tf.zeros_like(e) if g is None else g for e, g in zip(eps, gs[len(srcs) :], strict=True)],
+                )
                 for (i, kind), src, g in zip(keys, srcs, gs, strict=True):
                     # A softmax/sigmoid output whose loss reads its logits: Keras computes no dC/df(s) (nor does the
                     # train-batch recorder see one); any other unconnected gradient is zero.
@@ -494,19 +527,28 @@ class VarianceMonitor(keras.callbacks.Callback):
                 mine = {k: tensors[(t.index, k)] for k in spec.kinds_of(t) if (t.index, k) in tensors}
                 vals += [spec.values(layout, t, k, v, hist, xla=xla) for k, v in mine.items()]
                 vals += spec.unit_values(layout, t, mine, xla=xla)
-            return tf.concat(vals, 0)
+            time_layout.clear()
+            time_vals = [tf.zeros((0,), tf.float32)]
+            kinds = TIME_KINDS if time_grads is not None else ("hidden",)
+            for (name, kind), v in taps.values(time_grads, TIME_RECORD_STATS, kinds).items():
+                time_layout.append((name, kind, int(v.shape[1])))
+                time_vals.append(tf.reshape(tf.cast(v, tf.float32), [-1]))
+            return tf.concat(vals, 0), tf.concat(time_vals, 0)
 
         # Compiled with XLA where the model's train step is (Keras' "auto": on GPU): the many small reductions then
         # fuse into few kernels instead of one launch each.
         xla = uses_xla(model)
         fn = tf.function(probe, autograph=False, jit_compile=xla)
         fn.get_concrete_function()  # trace now: the layout is known before the first record
-        self._probe = _Probe(weakref.ref(model), compiled, fn, layout, hist)
+        self._probe = _Probe(weakref.ref(model), compiled, fn, layout, hist, time_layout)
         return self._probe
 
     def _record_probe(self, model, step: int, epoch: int):
         st = self._probe_fn(model)
-        self._pending.append(Record(st.layout, step, epoch, st.fn()))
+        vec, time_vec = st.fn()
+        self._pending.append(Record(st.layout, step, epoch, vec))
+        if st.time_layout:
+            self._time.append((step, st.time_layout, time_vec))
         self._fit.last_probe_step = step
 
     def measure(self, model: keras.Model | None = None, *, step: int = 0, epoch: int = 0) -> pd.DataFrame:
@@ -624,6 +666,31 @@ class VarianceMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+# Statistics of each time step of a recurrent layer (keras_initkit.recurrent.TIME_STATS): scalars per step.
+TIME_RECORD_STATS = ("mean", "var", "norm")
+TIME_COLUMNS = ("step", "layer", "t", "lag", "kind", "stat", "value")
+
+
+def _time_targets(model, targets) -> list:
+    """The monitored recurrent layers, each Bidirectional as its two directions (none: no per-step records)."""
+    names = {t.name for t in targets}
+    try:
+        found = recurrent_targets(model)
+    except ValueError:  # no recurrent layer, or only ones the per-step taps do not support (ConvLSTM)
+        return []
+    return [r for r in found if r.layer.name in names or r.name.split("/")[0] in names]
+
+
+def _time_values(layout: list, vec: np.ndarray) -> dict:
+    """{(layer, kind): array (len(TIME_RECORD_STATS), T)} from one record's flat per-time-step vector."""
+    out, at = {}, 0
+    for name, kind, steps in layout:
+        size = len(TIME_RECORD_STATS) * steps
+        out[(name, kind)] = vec[at : at + size].reshape(len(TIME_RECORD_STATS), steps)
+        at += size
+    return out
 
 
 def _ensure_built(model, x) -> None:

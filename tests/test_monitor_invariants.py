@@ -267,3 +267,51 @@ def test_variance_vs_depth_defaults_on_a_monitor_frame():
     monitor.measure(_classifier())
     fig = variance_vs_depth(monitor.to_frame())  # issue 13: failed on its default hue="init"
     assert len(fig.axes) == 1
+
+
+def _recurrent_model():
+    inp = keras.Input((12, 2))
+    h = keras.layers.LSTM(8, return_sequences=True, name="lstm")(inp)
+    h = keras.layers.Bidirectional(keras.layers.GRU(4, name="gru"), name="bidirectional")(h)
+    model = keras.Model(inp, keras.layers.Dense(1)(h))
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    return model
+
+
+def test_time_frame_records_every_step_of_every_recurrent_layer_and_matches_time_statistics():
+    from keras_initkit import time_statistics
+    from keras_initkit.datasets import adding_problem
+
+    x, y = adding_problem(96, 12, seed=1)
+    keras.utils.set_random_seed(0)
+    model = _recurrent_model()
+    monitor = VarianceMonitor(probe=(x[:32], y[:32]), every=1)
+    model.fit(x, y, batch_size=32, epochs=1, callbacks=[monitor], verbose=0)
+    frame = monitor.time_frame()
+    assert list(frame.columns) == ["step", "layer", "t", "lag", "kind", "stat", "value"]
+    assert sorted(frame["step"].unique()) == [0, 1, 2, 3]
+    assert set(frame["layer"]) == {"lstm", "bidirectional/forward_gru", "bidirectional/backward_gru"}
+    assert set(frame["kind"]) == {"hidden", "grad_hidden"} and set(frame["t"]) == set(range(12))
+    assert ((frame["lag"] + frame["t"]) == 11).all() and np.isfinite(frame["value"]).all()
+    # The last record (after 3 updates) equals the standalone measurement at the final weights.
+    last = frame[frame["step"] == 3].drop(columns="step")
+    ref = time_statistics(model, x[:32], y[:32])
+    both = last.merge(ref, on=["layer", "t", "lag", "kind", "stat"], suffixes=("", "_ref"))
+    assert len(both) == len(ref) == len(last)
+    np.testing.assert_allclose(both["value"], both["value_ref"], rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("source", ["probe", "train_batch"])
+def test_recurrent_training_is_bit_identical_with_the_monitor(source):
+    from keras_initkit.datasets import adding_problem
+
+    x, y = adding_problem(96, 12, seed=2)
+    weights = []
+    for attach in (False, True):
+        keras.utils.set_random_seed(0)
+        model = _recurrent_model()
+        callbacks = [VarianceMonitor(probe=(x[:32], y[:32]), every=1, source=source)] if attach else []
+        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, callbacks=callbacks, verbose=0)
+        weights.append([np.asarray(w) for w in model.weights])
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
