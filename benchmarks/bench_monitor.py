@@ -162,7 +162,7 @@ def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
             loss = loss_fn(yt, model(xt, training=True))
         return loss, tape.gradient(loss, model.trainable_variables)
 
-    probe_fn = monitor._probe_fn(model)["fn"]  # what one record runs: the traced probe function, built once
+    probe_fn = monitor._probe_fn(model).fn  # what one record runs: the traced probe function, built once
     fns = {
         "floor": lambda: floor()[0].numpy(),
         "probe": lambda: probe_fn().numpy(),  # reductions on the device, one small vector to the host

@@ -2,8 +2,10 @@
 
 One registry (`REGISTRY`, looked up with `spec`) says what the package knows of an activation f: its float64 numpy
 form for quadrature, its conventional gain, its saturation bounds, whether it is a rectifier (units can be dead),
-its negative slope when it is piecewise linear through 0 (relu 0, leaky_relu Keras' own default), and whether it
-normalizes across units (softmax). The initializers, the monitor's statistics and the theory all read it here.
+its negative slope when it is piecewise linear through 0 (relu 0, leaky_relu Keras' own default), whether it
+normalizes across units (softmax), and whether it is elementwise at all (softmax, log_softmax, glu and sparsemax are
+not: they mix the units of an axis, so no gain or Gaussian moment of one unit exists). The initializers, the
+monitor's statistics and the theory all read it here.
 
 Definition used throughout: for a pre-activation s ~ N(0, q) (zero biases, many inputs, Glorot & Bengio Eq 5,
 He et al. Eq 7), the next layer's pre-activation has variance n * Var(W) * E[f(s)^2], and the gradient
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -69,15 +72,20 @@ class Activation:
     gain: float | None = None  # conventional gain; None: from the definition 1 / sqrt(E[f(z)^2])
     bounds: tuple[float, float] | None = None  # (low, high) of a bounded f: near them it saturates
     rectifier: bool = False  # f >= 0 and exactly 0 below a threshold: a unit can be dead
-    negative_slope: float | None = None  # piecewise linear through 0: slope 1 above 0, this below
+    negative_slope: float | None = None  # piecewise linear through 0: slope 1 above 0, this below (its default)
     softmax: bool = False  # normalizes across units: no elementwise moments
+    elementwise: bool = True  # f(x)_i depends on x_i only (False: softmax, glu, ...; no gain, no moments)
+
+
+def _rectifier(x: np.ndarray, a: float) -> np.ndarray:
+    return np.where(x >= 0, x, a * x)
 
 
 _ENTRIES = (
     Activation("linear", lambda x, a: x, gain=1.0),
-    Activation("relu", lambda x, a: np.maximum(x, 0.0), gain=math.sqrt(2.0), rectifier=True, negative_slope=0.0),
-    # gain sqrt(2 / (1 + a^2)), exact; depends on negative_slope
-    Activation("leaky_relu", lambda x, a: np.where(x >= 0, x, a * x), negative_slope=DEFAULT_NEGATIVE_SLOPE),
+    # gain sqrt(2 / (1 + a^2)), exact; relu with a negative_slope is Keras' relu(x, negative_slope=a): a leaky relu
+    Activation("relu", _rectifier, gain=math.sqrt(2.0), rectifier=True, negative_slope=0.0),
+    Activation("leaky_relu", _rectifier, negative_slope=DEFAULT_NEGATIVE_SLOPE),
     # convention (LeCun 1998 / PyTorch); the definition gives 1.593
     Activation("tanh", lambda x, a: np.tanh(x), gain=5.0 / 3.0, bounds=(-1.0, 1.0)),
     # convention (PyTorch); the definition gives 1.846
@@ -90,19 +98,23 @@ _ENTRIES = (
     Activation("gelu", _gelu),
     Activation("silu", lambda x, a: x / (1.0 + np.exp(-x))),
     Activation("softsign", lambda x, a: x / (1.0 + np.abs(x)), bounds=(-1.0, 1.0)),
-    # Known by name only (the quadrature evaluates them through Keras).
-    Activation("relu6", rectifier=True),
+    # Known by name only (the quadrature evaluates them through Keras). The hard ones reach their bounds exactly.
+    Activation("relu6", rectifier=True, bounds=(0.0, 6.0)),
     Activation("hard_sigmoid", bounds=(0.0, 1.0)),
+    Activation("sparse_sigmoid", bounds=(0.0, 1.0)),
     Activation("hard_tanh", bounds=(-1.0, 1.0)),
-    Activation("softmax", softmax=True),
-    Activation("log_softmax", softmax=True),
+    Activation("hard_silu"),  # x * hard_sigmoid(x): bounded below (-0.375) only
+    Activation("softmax", softmax=True, elementwise=False),
+    Activation("log_softmax", softmax=True, elementwise=False),
+    Activation("glu", elementwise=False),  # halves the last axis: a gate from one half on the other
+    Activation("sparsemax", elementwise=False),
 )
 REGISTRY: dict[str, Activation] = {e.name: e for e in _ENTRIES}
 
 # name -> gain of the activations with a numpy form; None means "computed from the definition above".
 GAIN_TABLE: dict[str, float | None] = {e.name: e.gain for e in _ENTRIES if e.numpy is not None}
 
-_ALIASES = {"swish": "silu", "identity": "linear", None: "linear"}
+_ALIASES = {"swish": "silu", "hard_swish": "hard_silu", "identity": "linear", None: "linear"}
 
 # Activation layers that apply their nonlinearity in `call` without an `activation` attribute: name of f.
 ACTIVATION_LAYERS = {
@@ -136,36 +148,82 @@ def spec(activation) -> Activation:
 def layer_activation(layer) -> str | None:
     """Name of the nonlinearity a layer applies: its `activation` attribute's, an activation layer's, or None.
 
-    A ReLU layer with a non-zero `negative_slope` is a "leaky_relu".
+    A ReLU layer with a non-zero `negative_slope` is a "leaky_relu", one with `max_value=6` (and no slope or
+    threshold: MobileNetV2's) a "relu6", whose saturation at 6 is counted; another `max_value` stays a "relu".
     """
     if type(layer) in ACTIVATION_LAYERS:
         name = ACTIVATION_LAYERS[type(layer)]
-        return "leaky_relu" if name == "relu" and getattr(layer, "negative_slope", 0.0) else name
+        if name == "relu" and getattr(layer, "negative_slope", 0.0):
+            return "leaky_relu"
+        if name == "relu" and layer.max_value is not None and float(layer.max_value) == 6.0 and not layer.threshold:
+            return "relu6"
+        return name
     act = getattr(layer, "activation", None)
     return getattr(act, "__name__", type(act).__name__) if callable(act) else None
 
 
+def _is_real(value) -> bool:
+    # Python and numpy scalars (np.float32, np.int64) count; bools and strings do not.
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_slope(negative_slope) -> float | None:
+    if negative_slope is None:
+        return None
+    if not _is_real(negative_slope) or not math.isfinite(negative_slope) or not negative_slope >= 0:
+        raise ValueError(
+            f"`negative_slope` must be a number >= 0 and finite. Received: negative_slope={negative_slope!r}"
+        )
+    return float(negative_slope)
+
+
+def _elementwise(fn: Callable) -> bool:
+    """Whether fn acts on each element alone: f of a vector equals f of it reshaped to pairs (softmax, glu differ)."""
+    t = np.linspace(-3.0, 3.0, 16, dtype="float32")
+    try:
+        flat = keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(t)))
+        pairs = keras.ops.convert_to_numpy(fn(keras.ops.convert_to_tensor(t.reshape(8, 2))))
+    except (ValueError, TypeError, IndexError):
+        return False
+    return flat.shape == t.shape and pairs.shape == (8, 2) and np.allclose(flat, pairs.reshape(16), 1e-5, 1e-6)
+
+
 def _resolve(activation, negative_slope: float | None) -> tuple[str | None, Callable[[np.ndarray], np.ndarray]]:
-    """Return (canonical name or None, a float64 numpy function) for a name, a Keras activation or a callable."""
-    slope = DEFAULT_NEGATIVE_SLOPE if negative_slope is None else negative_slope
+    """Return (canonical name or None, a float64 numpy function) for a name, a Keras activation or a callable.
+
+    Refuses an activation that is not elementwise, and a `negative_slope` for one that is not piecewise linear.
+    """
     if isinstance(activation, str) or activation is None:
         name = _ALIASES.get(activation, activation)
         try:
-            keras_fn = keras.activations.get(name)
+            fn = keras.activations.get(name)
         except (ValueError, TypeError) as err:
             raise ValueError(
                 f"`activation` must be a Keras activation name or a callable. Received: activation={activation!r}"
             ) from err
-        entry = REGISTRY.get(name)
-        if entry is not None and entry.numpy is not None:
-            return name, lambda x: entry.numpy(x, slope)
-        return name, gaussian.via_keras(keras_fn)
-    if callable(activation):
-        name = _keras_name(activation)
-        if name is not None and REGISTRY[name].numpy is not None:
-            return name, lambda x: REGISTRY[name].numpy(x, slope)
-        return None, gaussian.via_keras(activation)
-    raise ValueError(f"`activation` must be a Keras activation name or a callable. Received: activation={activation!r}")
+    elif callable(activation):
+        name, fn = _keras_name(activation), activation
+    else:
+        raise ValueError(
+            f"`activation` must be a Keras activation name or a callable. Received: activation={activation!r}"
+        )
+    entry = REGISTRY.get(name) if name is not None else None
+    known = entry is not None and entry.numpy is not None  # a numpy form: elementwise by construction
+    if (entry is not None and not entry.elementwise) or (not known and not _elementwise(fn)):
+        raise ValueError(
+            "`activation` must be elementwise (each output depends on its own input only): this one mixes the units "
+            f"of an axis (softmax, log_softmax, glu, sparsemax...), so no gain or Gaussian moment of one unit exists. "
+            f"Received: activation={activation!r}"
+        )
+    if negative_slope is not None and (entry is None or entry.negative_slope is None):
+        raise ValueError(
+            "`negative_slope` applies only to the rectifiers relu and leaky_relu (and their Keras functions). "
+            f"Received: negative_slope={negative_slope!r} with activation={activation!r}"
+        )
+    if entry is not None and entry.numpy is not None:
+        slope = entry.negative_slope if negative_slope is None else negative_slope
+        return name, lambda x: entry.numpy(x, slope)
+    return name, gaussian.via_keras(fn)
 
 
 @lru_cache(maxsize=1024)
@@ -183,8 +241,9 @@ def moments(activation, q: float = 1.0, negative_slope: float | None = None) -> 
     >>> round(moments("relu")["second"], 6)
     0.5
     """
-    if isinstance(q, bool) or not (isinstance(q, (int, float)) and q > 0 and math.isfinite(q)):
+    if not (_is_real(q) and math.isfinite(q) and q > 0):
         raise ValueError(f"`q` (the pre-activation variance) must be a finite number > 0. Received: q={q!r}")
+    negative_slope = _check_slope(negative_slope)
     if isinstance(activation, str) or activation is None:
         m, s2, d2 = _named_moments(activation, float(q), negative_slope)
     else:
@@ -208,22 +267,25 @@ def gain(activation, negative_slope: float | None = None) -> float:
     Args:
         activation: a Keras activation name ("relu", "gelu", ...), a Keras activation function, or any callable
             mapping a tensor to a tensor.
-        negative_slope: slope of "leaky_relu" for negative inputs (Keras' default 0.2 when None); must be >= 0.
+        negative_slope: slope of "leaky_relu" (Keras' default when None) or "relu" (0 when None: Keras'
+            `relu(x, negative_slope=a)` is a leaky relu) for negative inputs; a finite number >= 0. Refused for
+            any other activation.
+
+    Raises:
+        ValueError: for an activation that is not elementwise (softmax, log_softmax, glu, sparsemax: no gain of one
+            unit exists), a `negative_slope` that is not a finite number >= 0 or that the activation has no use for.
 
     Reference:
     - [He et al., 2015](https://arxiv.org/abs/1502.01852), Eq 10 and 14
     """
-    if negative_slope is not None and (
-        isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or not negative_slope >= 0
-    ):
-        raise ValueError(f"`negative_slope` must be a number >= 0. Received: negative_slope={negative_slope!r}")
+    negative_slope = _check_slope(negative_slope)
     name, _ = _resolve(activation, negative_slope)
     entry = REGISTRY.get(name) if name is not None else None
-    if entry is not None and entry.gain is not None:
-        return entry.gain
-    if entry is not None and entry.negative_slope is not None:  # piecewise linear: exact
+    if entry is not None and entry.negative_slope is not None:  # piecewise linear: exact (relu's sqrt(2) too)
         a = entry.negative_slope if negative_slope is None else negative_slope
         return math.sqrt(2.0 / (1.0 + a * a))
+    if entry is not None and entry.gain is not None:
+        return entry.gain
     second = moments(activation, 1.0, negative_slope)["second"]
     if not second > 0:
         raise ValueError(f"`activation` has E[f(z)^2] = 0 for z ~ N(0, 1); no gain exists. Received: {activation!r}")
@@ -279,6 +341,8 @@ def pointwise(act) -> Pointwise | str:
         return Pointwise("rect", entry.negative_slope)
     if entry.softmax:
         return SOFTMAX
+    if not entry.elementwise:
+        raise ValueError(f"`activation` {entry.name!r} is not elementwise: the theory has no rule for it")
     return Pointwise("any", fn=act, monotone=_is_monotone(act))
 
 
