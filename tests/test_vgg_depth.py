@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from keras_initkit.studies import vgg_depth as v
 
+from keras_initkit.study.models import build_vgg, layer_names, transfer_layers, weight_layers
+
 # ----------------------------------------------------------------------------------------------- outcomes, rules
 
 
@@ -37,7 +39,7 @@ def _layers(rhos: dict[str, float], n_layers=8, seeds=(0, 1), grad_ratio=1e-4):
     rows = []
     for seed in seeds:
         for init, rho in rhos.items():
-            for depth, name in enumerate(v.layer_names(n_layers)):
+            for depth, name in enumerate(layer_names(n_layers)):
                 value = rho**depth
                 rows.append(dict(layer=name, depth=depth, kind="preact", stat="var", value=value, predicted=value))
                 g = 1.0 if init != "fixed" else grad_ratio
@@ -227,11 +229,11 @@ def test_paper_profile_grid_and_nets():
     assert sum(t["part"] == "train" for t in ts) == n_train
     assert sum(t["part"] == "recipe" for t in ts) == len(cfg.seeds)
     for n_layers in (*cfg.depths, cfg.recipe_a_depth):
-        model = v.build_vgg((32, 32, 3), 10, n_layers, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
-        assert len(v.weight_layers(model)) == n_layers
-    a = v.build_vgg((32, 32, 3), 10, cfg.recipe_a_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
-    deep = v.build_vgg((32, 32, 3), 10, cfg.recipe_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
-    assert len(v.transfer_layers(a, deep, cfg.recipe_copy_convs)) == cfg.recipe_copy_convs + cfg.fc_layers
+        model = build_vgg((32, 32, 3), 10, n_layers, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
+        assert len(weight_layers(model)) == n_layers
+    a = build_vgg((32, 32, 3), 10, cfg.recipe_a_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
+    deep = build_vgg((32, 32, 3), 10, cfg.recipe_depth, widths=cfg.widths, fc_layers=cfg.fc_layers, fc_width=8)
+    assert len(transfer_layers(a, deep, cfg.recipe_copy_convs)) == cfg.recipe_copy_convs + cfg.fc_layers
 
 
 def test_fallback_data_when_files_are_absent(tmp_path, monkeypatch):
