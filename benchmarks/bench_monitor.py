@@ -165,7 +165,7 @@ def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
     probe_fn = monitor._probe_fn(model).fn  # what one record runs: the traced probe function, built once
     fns = {
         "floor": lambda: floor()[0].numpy(),
-        "probe": lambda: probe_fn().numpy(),  # reductions on the device, one small vector to the host
+        "probe": lambda: probe_fn()[0].numpy(),  # reductions on the device, one small vector to the host
         "measure()": lambda: monitor.measure(model),  # the same, plus the record's DataFrame
     }
     for f in fns.values():
