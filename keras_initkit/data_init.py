@@ -98,13 +98,13 @@ def _on_x(run, model, x):
 def _usable(var: float, t) -> float:
     if not math.isfinite(var):
         raise ValueError(
-            f"`x` gives layer {t.name!r} (depth {t.index}) a non-finite pre-activation variance ({var}): the "
-            "model's output overflows on it; the weights are left as they were"
+            f"`x` gives layer {t.name!r} (depth {t.index}) a non-finite pre-activation variance ({var}): a NaN or Inf "
+            "in a kernel or bias up to it, or an overflow; the weights are left as they were"
         )
     if var <= 0:
         raise ValueError(
-            f"`x` gives layer {t.name!r} (depth {t.index}) a pre-activation of variance 0 (every unit constant on "
-            "the batch): no scale can make it 1; the weights are left as they were"
+            f"`x` gives layer {t.name!r} (depth {t.index}) a pre-activation of variance 0 (all its elements equal on "
+            "the batch: a constant x, or a dead layer below): no scale can make it 1; the weights are left as they were"
         )
     return var
 
@@ -164,6 +164,8 @@ def lsuv(model, x, *, tol: float = 0.1, max_iter: int = 10, layers=None, orthogo
     Reference:
     - [Mishkin & Matas, 2016](https://arxiv.org/abs/1511.06422), "All you need is a good init", Algorithm 1
     """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a keras.Model. Received: model of type {type(model).__name__}")
     _check_x(x)
     _check_args(tol, max_iter, seed)
     if not model.built:  # built as Keras builds it, at its first call

@@ -144,6 +144,20 @@ def test_conv_net_with_batchnorm_and_a_subclassed_model(digits):
     np.testing.assert_array_less(np.abs(_preact_var(tower, flat_held) - 1.0), HELD_OUT_TOL)
 
 
+def test_a_functional_model_with_two_branches(digits):
+    x, held_out = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((WIDTH,))
+    a = keras.layers.Dense(WIDTH, activation="relu", kernel_initializer=FixedNormal(0.01), name="a")(inputs)
+    b = keras.layers.Dense(WIDTH, activation="tanh", kernel_initializer=FixedNormal(0.01), name="b")(inputs)
+    merged = keras.layers.Concatenate()([a, b])
+    out = keras.layers.Dense(10, kernel_initializer=FixedNormal(0.01), name="out")(merged)
+    model = keras.Model(inputs, out)
+    trace = lsuv(model, x, seed=0)
+    assert set(trace["layer"]) == {"a", "b", "out"} and trace["layer"].iloc[-1] == "out"
+    np.testing.assert_array_less(np.abs(_preact_var(model, held_out) - 1.0), HELD_OUT_TOL)
+
+
 def test_layers_selects_which_kernels_are_scaled(digits):
     x, _ = digits
     model = _mlp("relu", FixedNormal(0.01), n_layers=4)
@@ -176,6 +190,7 @@ def _no_weight_model():
         ("max_iter 2.5", r"`max_iter` must be an integer >= 1. Received: max_iter=2.5"),
         ("seed -1", r"`seed` must be None or an integer >= 0. Received: seed=-1"),
         ("layers none with a kernel", r"`model` must have a Dense or Conv1D/2D/3D layer"),
+        ("layers no match", r"`layers` selects no layer"),
     ],
 )
 def test_bad_input_raises_and_leaves_the_weights_unchanged(digits, case, match):
@@ -198,6 +213,8 @@ def test_bad_input_raises_and_leaves_the_weights_unchanged(digits, case, match):
         kwargs["orthogonal_pre_init"] = False
     elif case == "layers none with a kernel":
         model = _no_weight_model()
+    elif case == "layers no match":
+        kwargs["layers"] = "conv.*"
     else:
         name, value = case.split(" ")
         kwargs[name] = float(value) if "." in value else int(value)
