@@ -24,7 +24,17 @@ import sys
 
 from keras_initkit.study.cli import EXIT_USAGE, MODULE_COMMAND, _int_at_least, _Parser
 
-__all__ = ["DOCTOR_COLUMNS", "EXPLODING", "RULES", "VANISHING", "diagnose", "main", "recommended_initializer"]
+__all__ = [
+    "DOCTOR_COLUMNS",
+    "EXPLODING",
+    "RULES",
+    "VANISHING",
+    "add_arguments",
+    "diagnose",
+    "main",
+    "recommended_initializer",
+    "run",
+]
 
 VANISHING = 1e-2  # below this times the reference variance
 EXPLODING = 1e2  # above this times the reference variance
@@ -308,7 +318,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`python -m keras_initkit doctor ...`: prints the table (or JSON); returns 0, 1 (flagged) or 2 (bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or f"{MODULE_COMMAND} doctor"
-    args = build_parser(prog).parse_args(argv)
+    return run(build_parser(prog).parse_args(argv), prog)
+
+
+def run(args: argparse.Namespace, prog: str) -> int:
+    """The doctor on parsed arguments (`add_arguments`' namespace): 0, 1 (flagged) or 2 (bad input, one line)."""
     try:
         model = _load_model(args.model)
         x, y, where = _read_data(args.data, args.batch)
