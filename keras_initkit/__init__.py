@@ -38,6 +38,7 @@ _LAZY = {
     "gain": "activations",
     "moments": "activations",
     "VarianceMonitor": "monitor",
+    "lsuv": "data_init",
     "STATS": "stats",
     "predict_variance": "theory",
     "time_statistics": "recurrent",
@@ -52,7 +53,9 @@ _LAZY = {
 }
 _SUBMODULES = (
     "activations",
+    "data_init",
     "datasets",
+    "doctor",
     "fileio",
     "gaussian",
     "initializers",

@@ -1,8 +1,10 @@
 """`python -m keras_initkit` and the `keras-initkit` command.
 
     python -m keras_initkit study vgg_depth --profile smoke --out /tmp/results
+    python -m keras_initkit doctor model.keras --data digits
 
-`--help` lists the studies and answers before Keras or TensorFlow is imported. See keras_initkit.study.cli.
+`--help` lists the studies and answers before Keras or TensorFlow is imported. See keras_initkit.study.cli and
+keras_initkit.doctor.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     from keras_initkit.study import cli
 
     script = os.path.basename(sys.argv[0]) if sys.argv else ""
-    return cli.command(argv, prog=cli.SCRIPT if script == cli.SCRIPT else cli.MODULE_COMMAND)
+    prog = cli.SCRIPT if script == cli.SCRIPT else cli.MODULE_COMMAND
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["doctor"]:
+        from keras_initkit import doctor
+
+        return doctor.main(argv[1:], prog=f"{prog} doctor")
+    return cli.command(argv, prog=prog)
 
 
 if __name__ == "__main__":
