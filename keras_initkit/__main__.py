@@ -20,10 +20,6 @@ def main(argv: list[str] | None = None) -> int:
     script = os.path.basename(sys.argv[0]) if sys.argv else ""
     prog = cli.SCRIPT if script == cli.SCRIPT else cli.MODULE_COMMAND
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["doctor"]:
-        from keras_initkit import doctor
-
-        return doctor.main(argv[1:], prog=f"{prog} doctor")
     return cli.command(argv, prog=prog)
 
 

@@ -107,7 +107,7 @@ def build_parser(study: str | None = None, prog: str | None = None) -> argparse.
 
 
 def build_command_parser(prog: str = MODULE_COMMAND) -> argparse.ArgumentParser:
-    """`python -m keras_initkit`'s parser: one subcommand, `study`."""
+    """`python -m keras_initkit`'s parser: the subcommands `study` and `doctor`."""
     from keras_initkit import __version__
 
     p = _Parser(prog=prog, description="keras_initkit: initializers, signal propagation and reproducible studies.")
@@ -115,6 +115,15 @@ def build_command_parser(prog: str = MODULE_COMMAND) -> argparse.ArgumentParser:
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
     study = commands.add_parser("study", help="run a study: " + _studies_text(), description=_DESCRIPTION)
     add_study_arguments(study)
+    from keras_initkit import doctor  # imports this module: not at the top
+
+    d = commands.add_parser(
+        "doctor",
+        help="flag the layers of a saved model whose signal vanishes or explodes",
+        description=doctor.DESCRIPTION,
+        epilog=doctor.RULES,
+    )
+    doctor.add_arguments(d)
     return p
 
 
@@ -123,6 +132,10 @@ def command(argv: list[str] | None = None, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or MODULE_COMMAND
     args = build_command_parser(prog).parse_args(argv)
+    if args.command == "doctor":
+        from keras_initkit import doctor
+
+        return doctor.run(args, f"{prog} doctor")
     return _run(args, f"{prog} {args.command}", args.study, argv[argv.index(args.command) + 1 :])
 
 
