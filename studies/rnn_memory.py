@@ -562,9 +562,10 @@ def plot(tables: dict[str, pd.DataFrame], summary: dict[str, pd.DataFrame]) -> d
 
 
 def _palette(models) -> dict:
+    """Model label -> colour over the QUICK models and `models`, so that a model has one colour in every figure."""
     from keras_initkit.plots import palette
 
-    return palette(sorted({label(m) for m in models}))
+    return palette(sorted({label(m) for m in (*QUICK.models, *QUICK.init_models, *models)}))
 
 
 def plot_lags(lags: pd.DataFrame):
@@ -604,6 +605,9 @@ def plot_lags(lags: pd.DataFrame):
     return fig
 
 
+MSE_RANGE = (1e-4, 1.0)  # y range of the MSE curves: the diverged IRNNs (1e20 and more) would hide the others
+
+
 def plot_curves(curves: pd.DataFrame):
     """Test MSE per length (panel) and model (colour), one thin line per seed, with the 1/6 and 1/12 baselines."""
     from keras_initkit.plots import learning_curves
@@ -611,8 +615,8 @@ def plot_curves(curves: pd.DataFrame):
     sel = curves.assign(label=curves["model"].map(label))
     fig = learning_curves(
         sel, "test_mse", hue="label", col="length", units="seed", palette=_palette(sel["model"]),
-        col_label="T = {level}", logy=True, xlabel="RMSprop updates", ylabel="test MSE",
-        title="Adding problem: test MSE (dashed: 1/6 predict-1 baseline; dotted: 1/12 recent-value plateau)",
+        col_label="T = {level}", logy=True, ylim=MSE_RANGE, xlabel="RMSprop updates", ylabel="test MSE",
+        title=f"Adding problem, test MSE: dashed 1/6 (predict 1), dotted 1/12 (recent); diverged > {MSE_RANGE[1]:g}",
     )  # fmt: skip
     for ax in fig.axes:
         if ax.get_xlabel() or ax.lines:
@@ -622,23 +626,28 @@ def plot_curves(curves: pd.DataFrame):
 
 
 def plot_retention(final: pd.DataFrame, factors: pd.DataFrame):
-    """After training: each LSTM's mean forget-gate bias against its retention (norm at lag T/2 / lag 1), log y."""
+    """Each LSTM's mean forget-gate bias against its retention (norm at lag T/2 / lag 1), log y: at init (hollow, the
+    bias it was given) and after training (filled); circles at the claims' T, triangles at the control length."""
     from matplotlib.figure import Figure
 
-    trained = factors[factors["phase"] == "trained"]
-    rows = final.merge(trained[["model", "length", "seed", "retention"]], on=["model", "length", "seed"])
-    rows = rows[rows["model"].str.startswith("lstm")]
-    colors = _palette(rows["model"])
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    lstm = factors[factors["model"].str.startswith("lstm")]
+    trained = final.merge(lstm[lstm["phase"] == "trained"][["model", "length", "seed", "retention"]],
+                          on=["model", "length", "seed"])  # fmt: skip
+    init = lstm[lstm["phase"] == "init"].assign(forget_bias=lambda f: f["model"].map(forget_bias))
+    colors, longest = _palette(lstm["model"]), lstm["length"].max()
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    for (model, length), g in rows.groupby(["model", "length"]):
-        ax.scatter(g["forget_bias"], g["retention"], color=colors[label(model)], label=f"{label(model)}, T={length}",
-                   marker="o" if length == rows["length"].max() else "^")  # fmt: skip
+    for phase, rows in (("init", init), ("trained", trained)):
+        for (model, length), g in rows.groupby(["model", "length"]):
+            color = colors[label(model)]
+            ax.scatter(g["forget_bias"], g["retention"], edgecolors=color, marker="o" if length == longest else "^",
+                       facecolors=color if phase == "trained" else "none",
+                       label=f"{label(model)}, T={length}, {phase}")  # fmt: skip
     ax.set_yscale("log")
-    ax.set_xlabel("mean forget-gate bias after training")
-    ax.set_ylabel("retention ||dC/dh|| at lag T/2 / at lag 1 (trained)")
+    ax.set_xlabel("mean forget-gate bias (init: as given; trained: after the budget)")
+    ax.set_ylabel("retention ||dC/dh|| at lag T/2 / at lag 1")
     ax.legend(fontsize=7)
-    ax.set_title("LSTM: forget bias vs gradient retention after training", fontsize=10)
+    ax.set_title("LSTM: forget bias vs gradient retention, at init (hollow) and trained (filled)", fontsize=10)
     return fig
 
 
