@@ -63,7 +63,7 @@ bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a time
 	$(BIN)/python -m benchmarks.run $(BENCH)
 
 .PHONY: studies
-studies: study-vgg study-sigmoid study-bn ## Run every study (PROFILE=quick|paper|smoke), writing only results/
+studies: study-vgg study-sigmoid study-bn study-rnn ## Run every study (PROFILE=quick|paper|smoke), writing only results/
 
 .PHONY: study-vgg
 study-vgg: $(STAMP) ## VGG depth x init (He et al. 2015): results/vgg_depth/<profile>/
@@ -76,6 +76,10 @@ study-sigmoid: $(STAMP) ## Sigmoid vs ReLU (Glorot & Bengio 2010): results/sigmo
 .PHONY: study-bn
 study-bn: $(STAMP) ## Batch norm (Ioffe & Szegedy 2015): results/batchnorm/<profile>/
 	$(call RUN_STUDY,batchnorm)
+
+.PHONY: study-rnn
+study-rnn: $(STAMP) ## Memory through time, tanh RNN vs LSTM vs IRNN (Pascanu et al. 2013): results/rnn_memory/<profile>/
+	$(call RUN_STUDY,rnn_memory)
 
 .PHONY: docs-results
 docs-results: $(STAMP) ## Run each study's quick profile and publish it to the committed docs/results/<study>/
