@@ -18,7 +18,7 @@ HELP_ENGINE  := serial|process|ray: where trials run
 HELP_JOBS    := trials at once (default: every core); ENGINE=ray without JOBS: the CPUs of the Ray cluster
 STAMP  := $(VENV)/.installed-$(EXTRA)
 STUDY  := $(BIN)/python -m keras_initkit study
-STUDIES := vgg_depth sigmoid_vs_relu batchnorm
+STUDIES := vgg_depth sigmoid_vs_relu batchnorm rnn_memory
 # --jobs, except for ENGINE=ray with the default JOBS (then Ray uses the cluster's CPUs)
 JOBS_FLAG = $(if $(and $(filter ray,$(ENGINE)),$(filter file,$(origin JOBS))),,--jobs $(JOBS))
 RUN_STUDY = $(STUDY) $(1) --profile $(PROFILE) --engine $(ENGINE) $(JOBS_FLAG)
