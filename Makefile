@@ -63,7 +63,7 @@ bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a time
 	$(BIN)/python -m benchmarks.run $(BENCH)
 
 .PHONY: studies
-studies: study-vgg study-sigmoid study-bn ## Run every study (PROFILE=quick|paper|smoke), writing only results/
+studies: study-vgg study-sigmoid study-bn study-lsuv ## Run every study (PROFILE=quick|paper|smoke), writing only results/
 
 .PHONY: study-vgg
 study-vgg: $(STAMP) ## VGG depth x init (He et al. 2015): results/vgg_depth/<profile>/
@@ -76,6 +76,10 @@ study-sigmoid: $(STAMP) ## Sigmoid vs ReLU (Glorot & Bengio 2010): results/sigmo
 .PHONY: study-bn
 study-bn: $(STAMP) ## Batch norm (Ioffe & Szegedy 2015): results/batchnorm/<profile>/
 	$(call RUN_STUDY,batchnorm)
+
+.PHONY: study-lsuv
+study-lsuv: $(STAMP) ## LSUV init (Mishkin & Matas 2016) vs N(0, 0.01), Xavier, He: results/lsuv_init/<profile>/
+	$(call RUN_STUDY,lsuv_init)
 
 .PHONY: docs-results
 docs-results: $(STAMP) ## Run each study's quick profile and publish it to the committed docs/results/<study>/
