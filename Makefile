@@ -18,7 +18,7 @@ HELP_ENGINE  := serial|process|ray: where trials run
 HELP_JOBS    := trials at once (default: every core); ENGINE=ray without JOBS: the CPUs of the Ray cluster
 STAMP  := $(VENV)/.installed-$(EXTRA)
 STUDY  := $(BIN)/python -m keras_initkit study
-STUDIES := vgg_depth sigmoid_vs_relu batchnorm rnn_memory
+STUDIES := vgg_depth sigmoid_vs_relu batchnorm rnn_memory lsuv_init
 # --jobs, except for ENGINE=ray with the default JOBS (then Ray uses the cluster's CPUs)
 JOBS_FLAG = $(if $(and $(filter ray,$(ENGINE)),$(filter file,$(origin JOBS))),,--jobs $(JOBS))
 RUN_STUDY = $(STUDY) $(1) --profile $(PROFILE) --engine $(ENGINE) $(JOBS_FLAG)
@@ -63,7 +63,7 @@ bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a time
 	$(BIN)/python -m benchmarks.run $(BENCH)
 
 .PHONY: studies
-studies: study-vgg study-sigmoid study-bn study-rnn ## Run every study (PROFILE=quick|paper|smoke), writing only results/
+studies: study-vgg study-sigmoid study-bn study-rnn study-lsuv ## Run every study (PROFILE=quick|paper|smoke), writing only results/
 
 .PHONY: study-vgg
 study-vgg: $(STAMP) ## VGG depth x init (He et al. 2015): results/vgg_depth/<profile>/
@@ -80,6 +80,10 @@ study-bn: $(STAMP) ## Batch norm (Ioffe & Szegedy 2015): results/batchnorm/<prof
 .PHONY: study-rnn
 study-rnn: $(STAMP) ## Memory through time, tanh RNN vs LSTM vs IRNN (Pascanu et al. 2013): results/rnn_memory/<profile>/
 	$(call RUN_STUDY,rnn_memory)
+
+.PHONY: study-lsuv
+study-lsuv: $(STAMP) ## LSUV init (Mishkin & Matas 2016) vs N(0, 0.01), Xavier, He: results/lsuv_init/<profile>/
+	$(call RUN_STUDY,lsuv_init)
 
 .PHONY: docs-results
 docs-results: $(STAMP) ## Run each study's quick profile and publish it to the committed docs/results/<study>/
