@@ -266,9 +266,10 @@ class VarianceMonitor(keras.callbacks.Callback):
             execution (exact when `every` >= it); otherwise a warning names the effective schedule, once per fit.
         training: run the probe in training mode (batch statistics in BatchNormalization, dropout active), as the
             optimizer sees the model. The probe pass never updates the model's state either way.
-        quantile_sample: percentiles are computed on a fixed pseudo-random sample of this many elements of larger
-            tensors (for 2048, a standard error below 0.035 standard deviations; sorting is the costly part of a
-            record on CPU); None: exact.
+        quantile_sample: percentiles are computed on a fixed strided sample of this many elements of larger
+            tensors (standard error of a 15/50/85th percentile below 0.068 standard deviations for 512, 0.035 for
+            2048; sorting the samples is the costly part of a record on CPU: 512 keeps a conv net's record within
+            1.1x its forward+backward pass); None: exact.
     """
 
     def __init__(
@@ -286,7 +287,7 @@ class VarianceMonitor(keras.callbacks.Callback):
         log_dir: str | os.PathLike | None = None,
         source: str = "probe",
         training: bool = True,
-        quantile_sample: int | None = 2048,
+        quantile_sample: int | None = 512,
         kinds: Iterable[str] | None = None,
     ):
         super().__init__()
