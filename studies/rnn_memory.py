@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 import time
 
@@ -50,7 +49,7 @@ import pandas as pd
 
 from keras_initkit.datasets import ADDING_BASELINE_MSE, ADDING_RECENT_MSE, adding_problem
 from keras_initkit.study import entry_points
-from keras_initkit.study.grid import derive_seed
+from keras_initkit.study.grid import derive_seed, protocol_hash
 from keras_initkit.study.summary import claim_row, layer_factor, spread, with_trial
 from keras_initkit.study.training import ModelCache, fit_curve
 
@@ -109,10 +108,7 @@ RULES = {
 def preregistration_hash() -> str:
     """sha256 of the canonical JSON of CLAIMS, RULES, THRESHOLDS and QUICK: the value PREREGISTRATION.md records
     (a test pins it, so that an edit of a claim, a rule or the QUICK protocol shows)."""
-    from keras_initkit.study.grid import canonical_json
-
-    text = canonical_json({"claims": CLAIMS, "rules": RULES, "thresholds": THRESHOLDS, "quick": QUICK})
-    return hashlib.sha256(text.encode()).hexdigest()
+    return protocol_hash({"claims": CLAIMS, "rules": RULES, "thresholds": THRESHOLDS, "quick": QUICK})
 
 
 @dataclasses.dataclass(frozen=True)

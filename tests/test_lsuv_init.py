@@ -4,7 +4,6 @@ INCONCLUSIVE), the grid, and the SMOKE profile end to end."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 from pathlib import Path
@@ -14,21 +13,16 @@ import pandas as pd
 import pytest
 from keras_initkit.studies import lsuv_init as s
 
-from keras_initkit.study.grid import canonical_json
+from keras_initkit.study.grid import protocol_hash
 
 PREREGISTRATION = Path(__file__).resolve().parents[1] / "docs" / "results" / "lsuv_init" / "PREREGISTRATION.md"
-
-
-def protocol_hash() -> str:
-    """sha256 of the canonical JSON of (CLAIMS, RULES, QUICK): the pre-registered protocol."""
-    blob = canonical_json({"claims": s.CLAIMS, "rules": s.RULES, "quick": dataclasses.asdict(s.QUICK)})
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def test_protocol_is_the_preregistered_one():
     pinned = re.search(r"sha256 of \(CLAIMS, RULES, QUICK\): `([0-9a-f]{64})`", PREREGISTRATION.read_text())
     assert pinned, f"no pinned hash in {PREREGISTRATION}"
-    assert protocol_hash() == pinned.group(1), "CLAIMS, RULES or QUICK changed after the pre-registration"
+    protocol = {"claims": s.CLAIMS, "rules": s.RULES, "quick": dataclasses.asdict(s.QUICK)}
+    assert protocol_hash(protocol) == pinned.group(1), "CLAIMS, RULES or QUICK changed after the pre-registration"
 
 
 def test_confirmatory_seeds_are_fresh():

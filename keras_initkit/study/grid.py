@@ -23,6 +23,12 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=default, separators=(",", ":"))
 
 
+def protocol_hash(parts: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of a study's pre-registered parts, e.g. {"claims": CLAIMS, "rules": RULES,
+    "quick": QUICK}: the value its PREREGISTRATION.md pins, so any later edit of a part shows in a test."""
+    return hashlib.sha256(canonical_json(dict(parts)).encode()).hexdigest()
+
+
 def trial_id(trial: Mapping[str, Any], cfg: Any = None, length: int = 12) -> str:
     """Hash of a trial's parameters (and of the study Config, so a changed Config never reuses stale results)."""
     text = canonical_json({"trial": dict(trial), "cfg": cfg})
