@@ -82,3 +82,63 @@ def test_claim_row_and_with_trial():
     out = with_trial(frame, {"init": "all", "seed": 3}, ("init", "seed"), keep=("init",), phase="x")
     assert list(out.columns) == ["value", "init", "seed", "phase"] and list(out["init"]) == ["a", "b"]
     assert (out["seed"] == 3).all() and "seed" not in frame
+
+
+def test_floor_rule_majority_error_and_learned():
+    from keras_initkit.study.summary import floor_error, learned, majority_error
+
+    assert majority_error([0, 0, 0, 1, 2, 2]) == pytest.approx(0.5)
+    # a balanced 10-class test set of 360 images: majority-class error 0.9
+    p0, n = 0.9, 360
+    floor = floor_error(p0, n)
+    assert floor == pytest.approx(0.9 - 2 * math.sqrt(0.9 * 0.1 / 360))
+    assert learned(floor - 1e-9, p0, n) and not learned(floor, p0, n) and not learned(float("nan"), p0, n)
+    np.testing.assert_array_equal(learned([0.1, 0.89, 0.95], p0, n), [True, False, False])
+    with pytest.raises(ValueError, match="`chance` must be an error fraction in \\[0, 1\\]. Received: chance=1.5"):
+        floor_error(1.5, 10)
+    with pytest.raises(ValueError, match="`n` must be a positive number of test examples. Received: n=0"):
+        floor_error(0.5, 0)
+    with pytest.raises(ValueError, match="`labels` must not be empty"):
+        majority_error([])
+
+
+def test_mcnemar_exact_against_hand_binomial():
+    from keras_initkit.study.summary import mcnemar
+
+    a = np.array([1, 1, 1, 1, 1, 1, 0, 1, 0, 0], bool)
+    b = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0, 0], bool)
+    out = mcnemar(a, b)  # a right alone on 5 images, b alone on 1: two-sided p = 2 * P(X >= 5 | n=6, 1/2) = 14/64
+    assert (out["a_only"], out["b_only"]) == (5, 1) and out["p"] == pytest.approx(14 / 64)
+    assert mcnemar(a, a) == {"a_only": 0, "b_only": 0, "p": 1.0}
+    pooled = mcnemar(np.stack([a, a]), np.stack([b, b]))  # (seeds, images): pairs pooled
+    assert (pooled["a_only"], pooled["b_only"]) == (10, 2)
+    with pytest.raises(ValueError, match="`a` and `b` must be aligned"):
+        mcnemar(a, b[:5])
+
+
+def test_paired_bootstrap_ci_covers_the_difference_and_detects_none():
+    from keras_initkit.study.summary import paired_bootstrap, paired_text
+
+    rng = np.random.default_rng(1)
+    b = rng.random((5, 400)) < 0.7
+    a = b | (rng.random((5, 400)) < 0.2)  # a is right wherever b is, and on ~6% more images
+    out = paired_bootstrap(a, b)
+    assert out["diff"] == pytest.approx(a.mean() - b.mean())
+    assert 0 < out["lo"] < out["diff"] < out["hi"] and out["p"] < 0.01 and (out["seeds"], out["images"]) == (5, 400)
+    same = paired_bootstrap(b, b)
+    assert same["diff"] == 0 and same["lo"] == 0 and same["hi"] == 0 and same["p"] == 1.0
+    noise = paired_bootstrap(rng.random((5, 400)) < 0.7, rng.random((5, 400)) < 0.7)
+    assert noise["lo"] < 0 < noise["hi"] and noise["p"] > 0.05
+    assert paired_bootstrap(a, b) == out  # a fixed resampling seed: the same tables give the same CI
+    text = paired_text(a, b)
+    assert text.startswith(f"acc diff {out['diff']:+.3g} (95% CI [") and "McNemar p=" in text
+    assert "5 seeds x 400 images" in text
+    with pytest.raises(ValueError, match="`level` must be in \\(0, 1\\)"):
+        paired_bootstrap(a, b, level=95)
+
+
+def test_claim_row_accepts_inconclusive():
+    row = claim_row({"C": "s"}, {"C": "r"}, "C", "INCONCLUSIVE", "both at the floor", "p")
+    assert row["status"] == "INCONCLUSIVE"
+    with pytest.raises(ValueError, match="`status` must be one of"):
+        claim_row({"C": "s"}, {"C": "r"}, "C", "MAYBE", "m", "p")

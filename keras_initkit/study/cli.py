@@ -189,7 +189,7 @@ def _claims_text(claims) -> str:
         measured = str(r["measured"])
         rows.append([r["claim"], r["status"], measured if len(measured) <= 70 else measured[:67] + "...", r["paper"]])
     return tabulate(
-        rows, headers=["claim", "status", "measured", "paper"], tablefmt="simple", maxcolwidths=[8, 6, 70, 30]
+        rows, headers=["claim", "status", "measured", "paper"], tablefmt="simple", maxcolwidths=[8, 12, 70, 30]
     )
 
 

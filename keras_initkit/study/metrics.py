@@ -7,20 +7,27 @@ import functools
 import numpy as np
 
 
-def accuracy(model, x, y, batch: int = 1000) -> float:
-    """Fraction of `x` whose argmax logit (or probability) is the label `y`, in inference mode (`training=False`,
+def correct(model, x, y, batch: int = 1000) -> np.ndarray:
+    """Per example of `x`: is its argmax logit (or probability) the label `y`? In inference mode (`training=False`,
     BatchNormalization uses its moving statistics); a row with a non-finite output counts as wrong (a diverged net
-    scores 0, never a lucky argmax of NaNs)."""
+    scores 0, never a lucky argmax of NaNs). The paired tests (`summary.mcnemar`, `summary.paired_bootstrap`) take
+    these vectors."""
     import keras
 
     if len(x) != len(y):
         raise ValueError(f"`x` and `y` must have the same length. Received: len(x)={len(x)}, len(y)={len(y)}")
-    right = 0
+    out = np.zeros(len(x), dtype=bool)
     for i in range(0, len(x), batch):
-        out = keras.ops.convert_to_numpy(model(x[i : i + batch], training=False))
-        pred = np.where(np.isfinite(out).all(axis=1), out.argmax(axis=1), -1)
-        right += int((pred == np.asarray(y[i : i + batch])).sum())
-    return right / max(len(x), 1)
+        logits = keras.ops.convert_to_numpy(model(x[i : i + batch], training=False))
+        pred = np.where(np.isfinite(logits).all(axis=1), logits.argmax(axis=1), -1)
+        out[i : i + batch] = pred == np.asarray(y[i : i + batch])
+    return out
+
+
+def accuracy(model, x, y, batch: int = 1000) -> float:
+    """Fraction of `x` classified correctly (`correct`'s mean; 0 for no example)."""
+    right = correct(model, x, y, batch)
+    return float(right.mean()) if len(right) else 0.0
 
 
 def error_percent(model, x, y, batch: int = 1000) -> float:

@@ -265,8 +265,10 @@ def render_report(
     out += ["## Claims of the paper", "", "| claim | statement |", "|---|---|"]
     out += [f"| {_cell(k)} | {_cell(v)} |" for k, v in module.CLAIMS.items()]
     out += ["", "## Result", ""]
-    n_pass = int((claims["status"] == "PASS").sum())
-    out += [f"{n_pass} of {len(claims)} claims PASS.", ""]
+    counts = claims["status"].value_counts()
+    n_pass = int(counts.get("PASS", 0))
+    others = ", ".join(f"{int(counts[s])} {s}" for s in ("FAIL", "INCONCLUSIVE", "N/A") if counts.get(s, 0))
+    out += [f"{n_pass} of {len(claims)} claims PASS" + (f" ({others})." if others else "."), ""]
     cols = ["claim", "status", "measured", "paper", "rule"]
     out += [frame_to_markdown(claims[cols], max_rows=None), ""]
     missing = [k for k in module.CLAIMS if k not in set(claims["claim"])]

@@ -348,9 +348,11 @@ def check_claims(claims: Any) -> pd.DataFrame:
     missing = [c for c in CLAIM_COLUMNS if c not in claims.columns]
     if missing:
         raise ValueError(f"summarize()'s 'claims' table lacks columns {missing}; it needs {list(CLAIM_COLUMNS)}")
-    bad = sorted(set(claims["status"]) - {"PASS", "FAIL", "N/A"})
+    from keras_initkit.study.summary import STATUSES
+
+    bad = sorted(set(claims["status"]) - set(STATUSES))
     if bad:
-        raise ValueError(f"claims `status` must be PASS, FAIL or N/A. Received: {bad}")
+        raise ValueError(f"claims `status` must be one of {STATUSES}. Received: {bad}")
     return claims
 
 

@@ -10,7 +10,16 @@ The rules (one each, for every study):
 - `layer_factor`: exp(slope) of a least-squares line through ln(value) against the layer index, over the values
   that are finite and above `floor` (UNDERFLOW by default: a float32 variance below it has lost its precision, and
   a non-positive one has no logarithm); NaN when fewer than two remain. Values are left out, never turned into NaN.
-- `claim_row`: the claims table's row (claim, statement, rule, measured, paper, status), status PASS, FAIL or N/A.
+- `claim_row`: the claims table's row (claim, statement, rule, measured, paper, status). Status PASS or FAIL (the
+  rule decided), INCONCLUSIVE (the rule was evaluated but cannot decide: too few seeds, or the rows it compares did
+  not learn) or N/A (the profile has no trial of the claim's cells, e.g. SMOKE).
+- `floor_error` / `learned`: the pre-registered floor rule of every study: a classifier whose test error is within
+  FLOOR_SE binomial standard errors of the majority-class error, sqrt(p0 (1 - p0) / n), "did not learn".
+- `mcnemar`: the exact McNemar test of two classifiers on the same test images (two-sided binomial test on the
+  discordant pairs).
+- `paired_bootstrap`: the difference in accuracy of two classifiers paired by seed and test image, with a
+  percentile CI from a two-way bootstrap (seeds and images resampled independently, the same draw for both).
+- `paired_text`: one "measured" string of the two above.
 - `with_trial`: a trial table with the trial's keys as columns.
 """
 
@@ -23,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 UNDERFLOW = 1e-30  # a float32 variance at or below this has lost its precision (the squares underflow)
-STATUSES = ("PASS", "FAIL", "N/A")
+STATUSES = ("PASS", "FAIL", "INCONCLUSIVE", "N/A")
+FLOOR_SE = 2.0  # "did not learn": test error within this many binomial standard errors of the majority-class error
 
 
 def spread(values, fmt: str | None = None, *, ci: float | None = None) -> str:
@@ -124,7 +134,7 @@ def layer_factors(
 def claim_row(claims: Mapping[str, str], rules: Mapping[str, str], claim: str, status: str, measured: str,
               paper: str) -> dict:  # fmt: skip
     """One row of a claims table: the claim's id, its statement (`claims[claim]`), its rule (`rules[claim]`), what
-    was measured, the paper's figure and the status ("PASS", "FAIL" or "N/A").
+    was measured, the paper's figure and the status ("PASS", "FAIL", "INCONCLUSIVE" or "N/A"; module docstring).
 
     A study binds its own tables once: `_claim = functools.partial(claim_row, CLAIMS, RULES)`.
     """
@@ -134,6 +144,107 @@ def claim_row(claims: Mapping[str, str], rules: Mapping[str, str], claim: str, s
         raise ValueError(f"`status` must be one of {STATUSES}. Received: status={status!r}")
     return {"claim": claim, "statement": claims[claim], "rule": rules[claim], "measured": measured, "paper": paper,
             "status": status}  # fmt: skip
+
+
+def majority_error(labels) -> float:
+    """1 - the frequency of the most common label: the error of a classifier that always predicts that class."""
+    y = np.asarray(labels).ravel()
+    if len(y) == 0:
+        raise ValueError("`labels` must not be empty. Received: 0 labels")
+    return 1.0 - float(np.unique(y, return_counts=True)[1].max()) / len(y)
+
+
+def floor_error(chance: float, n: int, k: float = FLOOR_SE) -> float:
+    """The error at and above which a classifier "did not learn": chance - k sqrt(chance (1 - chance) / n).
+
+    Args:
+        chance: the majority-class error on the test set (`majority_error`), a fraction in [0, 1].
+        n: test examples.
+        k: binomial standard errors (FLOOR_SE, 2, for every study).
+    """
+    if not 0.0 <= chance <= 1.0:
+        raise ValueError(f"`chance` must be an error fraction in [0, 1]. Received: chance={chance!r}")
+    if int(n) < 1:
+        raise ValueError(f"`n` must be a positive number of test examples. Received: n={n!r}")
+    return chance - k * math.sqrt(chance * (1.0 - chance) / int(n))
+
+
+def learned(error, chance: float, n: int, k: float = FLOOR_SE):
+    """True where `error` (a fraction, scalar or array) is below `floor_error(chance, n, k)`; a NaN error (a diverged
+    net) did not learn."""
+    e = np.asarray(error, dtype=float)
+    out = np.isfinite(e) & (e < floor_error(chance, n, k))
+    return bool(out) if out.ndim == 0 else out
+
+
+def _correct_matrix(a, name: str) -> np.ndarray:
+    m = np.asarray(a)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"`{name}` must be per-image correctness, shape (images,) or (seeds, images). "
+                         f"Received: shape {np.shape(a)}")  # fmt: skip
+    return m.astype(bool)
+
+
+def mcnemar(a, b) -> dict:
+    """Exact McNemar test of two classifiers on the same examples.
+
+    Args:
+        a, b: booleans, "example classified correctly", aligned (shape (images,) or (seeds, images): pairs pooled).
+    Returns: dict(a_only, b_only, p): the discordant counts (right by a only, by b only) and the two-sided p-value of
+    the binomial test of a_only against Binomial(a_only + b_only, 1/2) (1.0 when there is no discordant pair).
+    """
+    ma, mb = _correct_matrix(a, "a"), _correct_matrix(b, "b")
+    if ma.shape != mb.shape:
+        raise ValueError(f"`a` and `b` must be aligned. Received: shapes {ma.shape} and {mb.shape}")
+    a_only, b_only = int((ma & ~mb).sum()), int((~ma & mb).sum())
+    if a_only + b_only == 0:
+        return {"a_only": 0, "b_only": 0, "p": 1.0}
+    from scipy import stats
+
+    p = float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "p": p}
+
+
+def paired_bootstrap(a, b, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy of `a` minus accuracy of `b`, paired by seed and test image, with a two-way bootstrap CI.
+
+    Each replicate draws the seeds (rows) and the images (columns) with replacement, independently, and takes the
+    same draw for both classifiers; the CI is the percentile interval of the replicates' mean difference.
+
+    Args:
+        a, b: booleans "correct", shape (seeds, images) (row s of `a` and of `b` from the same seed and initial
+            weights where the design pairs them) or (images,).
+        level: the CI's level in (0, 1).
+        n_boot: bootstrap replicates.
+        seed: the resampling's seed (fixed: the same tables give the same CI).
+    Returns: dict(diff, lo, hi, p, seeds, images): p is the two-sided bootstrap p-value, 2 min(P(diff* <= 0),
+        P(diff* >= 0)), capped at 1.
+    """
+    ma, mb = _correct_matrix(a, "a"), _correct_matrix(b, "b")
+    if ma.shape != mb.shape:
+        raise ValueError(f"`a` and `b` must be aligned. Received: shapes {ma.shape} and {mb.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    d = ma.astype(np.float64) - mb.astype(np.float64)
+    k, n = d.shape
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot).astype(np.float64)  # seed weights per replicate
+    v = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # image weights per replicate
+    reps = np.einsum("rk,kn,rn->r", w, d, v) / (k * n)
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    p = min(1.0, 2.0 * min(float(np.mean(reps <= 0)), float(np.mean(reps >= 0))))
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "p": p, "seeds": k, "images": n}
+
+
+def paired_text(a, b, *, level: float = 0.95) -> str:
+    """ "acc diff +0.0123 (95% CI [+0.005, +0.02], bootstrap p=0.001; McNemar p=0.002, 40 vs 12 images; 5 seeds x
+    360 images)": `paired_bootstrap` and `mcnemar` of a vs b in one measured string."""
+    boot, mc = paired_bootstrap(a, b, level=level), mcnemar(a, b)
+    return (f"acc diff {boot['diff']:+.3g} ({level:.0%} CI [{boot['lo']:+.3g}, {boot['hi']:+.3g}], bootstrap "
+            f"p={boot['p']:.2g}; McNemar p={mc['p']:.2g}, {mc['a_only']} vs {mc['b_only']} images; "
+            f"{boot['seeds']} seeds x {boot['images']} images)")  # fmt: skip
 
 
 def with_trial(frame: pd.DataFrame, trial: Mapping, keys: Sequence[str], *, keep: Sequence[str] = (),
