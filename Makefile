@@ -59,8 +59,12 @@ test: $(STAMP) ## Run the test suite (fails when no test ran)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 .PHONY: bench
-bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a timed test)
-	$(BIN)/python -m benchmarks.run $(BENCH)
+bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a timed test); also in results/bench/
+	$(BIN)/python -m benchmarks.run --out results/bench $(BENCH)
+
+.PHONY: docs-bench
+docs-bench: $(STAMP) ## Run the benchmarks and publish their output to docs/results/benchmarks/ (the README's figures)
+	$(BIN)/python -m benchmarks.run --out docs/results/benchmarks $(BENCH)
 
 .PHONY: studies
 studies: study-vgg study-sigmoid study-bn study-rnn study-lsuv ## Run every study (PROFILE=quick|paper|smoke), writing only results/
