@@ -153,10 +153,11 @@ def test_defaults_equal_makes(monkeypatch):
         )
         return next(line for line in done.stdout.splitlines() if "keras_initkit study vgg_depth" in line).strip()
 
-    assert make().endswith(f"study vgg_depth --profile quick --engine process --jobs {engines.cpu_count()}")
-    assert make("PROFILE=smoke", "JOBS=3").endswith("--profile smoke --engine process --jobs 3")
-    assert make("ENGINE=ray").endswith("--engine ray")  # no --jobs: Ray uses the cluster's CPUs
-    assert make("ENGINE=ray", "JOBS=4").endswith("--engine ray --jobs 4")
+    compare = " --compare docs/results"  # make's runs say whether the committed verdicts came out again
+    assert make().endswith(f"vgg_depth --profile quick --engine process --jobs {engines.cpu_count()}{compare}")
+    assert make("PROFILE=smoke", "JOBS=3").endswith(f"--profile smoke --engine process --jobs 3{compare}")
+    assert make("ENGINE=ray").endswith(f"--engine ray{compare}")  # no --jobs: Ray uses the cluster's CPUs
+    assert make("ENGINE=ray", "JOBS=4").endswith(f"--engine ray --jobs 4{compare}")
     listed = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     for variable in ("EXTRA=cpu", "PROFILE=quick", "ENGINE=process", f"JOBS={engines.cpu_count()}"):
         assert variable in listed, variable
@@ -189,6 +190,27 @@ def test_data_and_data_path_override_the_config(tmp_path, monkeypatch, capsys):
         fig.unlink()
     assert cli.main([*argv, "--plot-only"]) == 0
     assert sorted(p.name for p in (root / "figures").iterdir()) == ["accuracy.png", "curves.png"]
+
+
+def test_compare_reports_whether_the_verdicts_match_the_published_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [TOY, "--out", "out", "--no-progress", "--engine", "serial"]
+    assert cli.main([*argv, "--compare", "pub"]) == 0  # nothing published yet: said, not an error
+    assert "Compare: no published claims to compare with in " in capsys.readouterr().out
+    assert cli.main([*argv, "--publish", "pub"]) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "--compare", "pub"]) == 0  # a resumed rerun: the same verdicts
+    assert f"Compare: verdicts identical to {Path('pub') / 'toy' / 'claims.csv'}" in capsys.readouterr().out
+    published = tmp_path / "pub" / "toy" / "claims.csv"
+    claims = pd.read_csv(published, dtype=str, keep_default_na=False)
+    was = claims.loc[0, "status"]
+    claims.loc[0, "status"] = "FAIL" if was != "FAIL" else "PASS"
+    claims.to_csv(published, index=False)
+    assert cli.main([*argv, "--compare", "pub"]) == 0
+    out = capsys.readouterr().out
+    assert f"verdicts DIFFER from {published.relative_to(tmp_path)}: {claims.loc[0, 'claim']}: " in out
+    assert cli.main([*argv, "--profile", "paper", "--compare", "pub"]) == 0  # another profile: not compared
+    assert "is from profile 'quick', not 'paper': not compared" in capsys.readouterr().out
 
 
 def _finished(trials: Path) -> list[Path]:

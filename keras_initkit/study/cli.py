@@ -85,6 +85,13 @@ def add_study_arguments(p: argparse.ArgumentParser, fixed: bool = False) -> None
         help="also copy REPORT.md, figures, claims.csv, the summary tables (CSV) and meta.json to DIR/<study>/, "
         "e.g. docs/results (default: none)",
     )
+    p.add_argument(
+        "--compare",
+        metavar="DIR",
+        default=None,
+        help="after the run, compare the claims' verdicts with DIR/<study>/claims.csv when that file is from the "
+        "same profile and data, e.g. docs/results (default: none)",
+    )
     p.add_argument("--data", default=None, help="override the Config's data set (default: the profile's)")
     p.add_argument("--data-path", default=None, help="override the Config's data_path, must exist (default: none)")
     p.add_argument("--deterministic", action="store_true", help="TensorFlow op determinism in every worker (off)")
@@ -193,6 +200,31 @@ def _claims_text(claims) -> str:
     )
 
 
+def compare_claims(claims, folder: Path, profile: str, label: str) -> str:
+    """One line (or a few): do these claims' verdicts match the published run's in `folder` (claims.csv and
+    meta.json of the same profile and data)? Numbers are not compared: a rerun's measured values can move within
+    their confidence intervals; the verdicts must not."""
+    import json
+
+    import pandas as pd
+
+    path = folder / "claims.csv"
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        published = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        return f"Compare: no published claims to compare with in {folder} ({type(e).__name__})"
+    if (meta.get("profile"), meta.get("folder")) != (profile, label):
+        return f"Compare: {path} is from profile {meta.get('folder')!r}, not {label!r}: not compared"
+    old = dict(zip(published["claim"], published["status"], strict=True))
+    new = dict(zip(claims["claim"].astype(str), claims["status"].astype(str), strict=True))
+    diffs = [f"{c}: {old.get(c, '-')} -> {new.get(c, '-')}" for c in sorted(old.keys() | new.keys())
+             if old.get(c) != new.get(c)]  # fmt: skip
+    if not diffs:
+        return f"Compare: verdicts identical to {path} ({len(new)} claims)"
+    return f"Compare: verdicts DIFFER from {path}: " + "; ".join(diffs)
+
+
 def _validate(args: argparse.Namespace, name: str, fixed: bool):
     """Everything that can be checked before a file is written; raises runner.UsageError."""
     from keras_initkit.study import runner
@@ -281,6 +313,8 @@ def _run(args: argparse.Namespace, prog: str, name: str, argv: list[str], fixed:
             f"{c['diverged']} diverged, {c['failed']} failed, {result.wall_s:.0f} s"
         )
     print(_claims_text(claims))
+    if args.compare is not None:
+        print(compare_claims(claims, Path(args.compare) / module.NAME, args.profile, label))
     print(f"Report: {report}")
     if args.publish is not None:
         print(f"Published to: {os.path.join(args.publish, module.NAME)}")
