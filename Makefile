@@ -21,7 +21,7 @@ STUDY  := $(BIN)/python -m keras_initkit study
 STUDIES := vgg_depth sigmoid_vs_relu batchnorm rnn_memory lsuv_init
 # --jobs, except for ENGINE=ray with the default JOBS (then Ray uses the cluster's CPUs)
 JOBS_FLAG = $(if $(and $(filter ray,$(ENGINE)),$(filter file,$(origin JOBS))),,--jobs $(JOBS))
-RUN_STUDY = $(STUDY) $(1) --profile $(PROFILE) --engine $(ENGINE) $(JOBS_FLAG) --compare docs/results
+RUN_STUDY = $(STUDY) $(1) --profile $(PROFILE) --engine $(ENGINE) $(strip $(JOBS_FLAG) --compare docs/results)
 
 export MPLBACKEND := Agg
 export TF_CPP_MIN_LOG_LEVEL := 2
