@@ -4,6 +4,7 @@ errors, and the SMOKE profile end to end through run(cfg)."""
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -115,6 +116,12 @@ def test_mlp_with_and_without_bn_start_from_the_same_kernels():
 
 
 # ------------------------------------------------------------------------------------------------ protocol
+
+
+def test_preregistration_hash_is_pinned():
+    pinned = re.search(r"sha256: `([0-9a-f]{64})`", PREREGISTRATION.read_text())
+    assert pinned is not None, "PREREGISTRATION.md must state `sha256: `<hex>``"
+    assert study.preregistration_hash() == pinned.group(1), "CLAIMS, RULES, THRESHOLDS or QUICK changed"
 
 
 def test_quick_uses_fresh_seeds_and_enough_of_them():
