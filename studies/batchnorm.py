@@ -37,6 +37,30 @@ Choices the paper leaves open (see PREREGISTRATION.md for the pilots behind them
 - The deep ReLU nets use the VGG study's QUICK optimizer (SGD momentum 0.9, lr 3e-3, batch 32, one stage of 3x3
   convs, a linear classifier) with 16 channels, 400 steps.
 
+QUICK findings (the confirmatory run, seeds 200-204; numbers from docs/results/batchnorm/claims.csv and tables/):
+- B1 PASS: at the base rate BN reaches the target (0.9699, no BN's worst final accuracy) in 255 ± 108 steps, no BN
+  in 940 ± 243: 3.95x fewer (geometric mean of the per-seed ratios, 95% CI [2.14, 7.28]; paper 2.3x, BN-Baseline).
+- B5 FAIL: BN at 5x the base rate is not faster than BN at 1x (265 ± 52 vs 255 ± 108 steps, ratio 0.889x, CI
+  [0.546, 1.45]; paper 6.3x). The base rate is the one that is best for the net without BN (the paper's choice for
+  BN-Baseline); on 8x8 digits BN at that rate reaches the target within a few hundred steps already, so the raised
+  rate has little left to speed up. The paper's headline "14 times fewer steps" (B1 x B5 there) is therefore not
+  reproduced here: the speed-up seen is BN's own, at the base rate.
+- B3 INCONCLUSIVE: BN trains at 5x and 30x (every seed reaches the target), and without BN 30x does not learn (0/5
+  seeds above the floor), but without BN 5x is not shown worse than 1x (final accuracy 0.968 vs 0.970, paired
+  difference +0.0022, 95% CI [-0.0065, +0.0107] over 5 seeds x 897 images): on this net the plain SGD rate can be
+  raised 5x without BN too.
+- B4 PASS: the 8-layer sigmoid net at 5x learns with BN (0.967) and stays at chance without it (0.099, 0/5 above
+  the floor). Without BN it stays at chance at the base rate too (0.096, 0/5), so what fails is the depth, not the
+  raised rate (as with Inception-sigmoid in the paper, which never trained without BN).
+- X1 PASS (1 TF intra-op thread per worker): the He - FixedNormal(0.01) accuracy gap is +0.844 without BN and +0.018
+  with BN (CI [-0.035, +0.064]).
+Budget: the QUICK grid (70 trials) used 570-720 CPU-seconds (user + system of the confirmatory run and of its
+reproduction), about 5-6 minutes of wall time on 2 idle cores with `--engine process --jobs 2` (an estimate from
+the CPU time, not measured on idle cores): above the 5-minute target and within 10, because of the 5-seed X1 cells
+(20 thirty-layer nets, about half the compute) and the B4 cells the v2 protocol adds. The recorded run took 1247 s
+of wall time on 2 cores shared with other jobs (load 7-10); its reproduction with `make study-bn` (1201 s) gave
+identical tables and verdicts.
+
 SMOKE: the whole pipeline (tables, claims, figures, report) in seconds (every claim INCONCLUSIVE or N/A).
 PAPER: MNIST from the user's mnist.npz (`--data-path`; never downloaded), 50,000 steps; not run here.
 
