@@ -229,6 +229,13 @@ def test_claim_g6_pass_and_each_failing_part():
     assert _g6(({**GOOD, "Tanh N": 6.0}, {}))["status"] == "FAIL"  # (a) Tanh N does not beat Tanh
     assert _g6(({**GOOD, "Softsign": 12.0, "Softsign N": 12.0}, {}))["status"] == "FAIL"  # (b) Sigmoid not worst
     assert _g6(({**GOOD, "Softsign": 8.0, "Softsign N": 3.5}, {}))["status"] == "FAIL"  # (c) Softsign moves more
+    no_effect = _g6(({**GOOD, "Tanh N": 6.0, "Softsign": 8.0, "Softsign N": 3.5}, {}))  # (a) fails: (c) undecided
+    assert (
+        no_effect["status"] == "FAIL"
+        and "(c) |Softsign N - Softsign| = 0.0450 vs |Tanh N - Tanh| = 0.0000 "
+        "INCONCLUSIVE (decided only when (a) passes)"
+        in no_effect["measured"]
+    )
     assert _g6(({"Sigmoid": 10.0}, {}))["status"] == "N/A"
 
 
