@@ -5,6 +5,8 @@ end through run(cfg) and the runner."""
 import dataclasses
 import json
 import math
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,6 +15,16 @@ import pytest
 from keras_initkit.studies import sigmoid_vs_relu as study
 
 SEEDS = tuple(range(study.MIN_SEEDS))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_preregistration_hash_is_pinned():
+    """CLAIMS, RULES, the thresholds and QUICK are those PREREGISTRATION.md records (an edit changes the hash)."""
+    text = (ROOT / "docs" / "results" / "sigmoid_vs_relu" / "PREREGISTRATION.md").read_text()
+    pinned = re.search(r"sha256: `([0-9a-f]{64})`", text)
+    assert pinned is not None, "PREREGISTRATION.md must state `sha256: `<hex>``"
+    assert study.preregistration_hash() == pinned.group(1)
+
 
 # ------------------------------------------------------------------------------------------------ helpers
 
