@@ -114,7 +114,9 @@ class TensorView:
             coprime = tf.reduce_all(candidates[:, None] % np.int32(primes)[None, :] != 0, axis=1)
             # the first coprime candidate (the first one when none is: argmax of all-zero is 0)
             stride = tf.gather(candidates, tf.argmax(tf.cast(coprime, tf.int32), output_type=tf.int32))
-        return tf.sort(tf.strided_slice(self.flat, [0], [size], tf.reshape(stride, [1])))
+        # A strided slice with a tensor stride has a shape of unknown rank: reshaped to the vector it is, so the
+        # percentiles' gather stays a scalar (a batch of unknown size: Keras' last, smaller batch of an epoch).
+        return tf.sort(tf.reshape(tf.strided_slice(self.flat, [0], [size], tf.reshape(stride, [1])), [-1]))
 
     def quantile(self, q: float):
         """Linear-interpolated q-quantile (numpy's default method) of `sorted_sample`."""

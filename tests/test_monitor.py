@@ -401,6 +401,29 @@ def test_train_batch_source_equals_probe_on_the_same_batch(jit_compile):
     assert all("call" not in layer.__dict__ for layer in model.layers)
 
 
+def test_train_batch_last_smaller_batch_keeps_the_percentiles():
+    # 100 samples in batches of 32: the last batch (4 samples) comes through a train function traced for a batch
+    # of unknown size, where the strided quantile sample once lost its rank (the fit crashed at the percentiles).
+    x, y = _data(100, 6, seed=5)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(64, activation="relu", name="h"), keras.layers.Dense(3, name="out")]
+    )
+    model.compile(keras.optimizers.SGD(0.0), LOSS)  # the weights stay: each batch's tensors are known exactly
+    monitor = VarianceMonitor(every=1, source="train_batch", stats=["var", "p15", "p50", "p85"])
+    model.fit(x, y, batch_size=32, epochs=1, callbacks=[monitor], verbose=0, shuffle=False)
+    df = monitor.to_frame()
+    assert sorted(df.step.unique()) == [0, 1, 2, 3]
+    assert not df.diverged.any() and np.isfinite(df.value).all()
+    kernel, bias = (np.asarray(w, dtype=np.float64) for w in model.get_layer("h").get_weights())
+    for step, batch in ((0, x[:32]), (3, x[96:])):  # 32 x 64 = 2048 elements (sampled), 4 x 64 = 256 (exact)
+        s = batch @ kernel + bias
+        last = df[df.step == step]
+        assert _get(last, "h", "preact", "var") == pytest.approx(s.var(), rel=1e-4)
+        if step == 3:
+            for q in (15, 50, 85):
+                assert _get(last, "h", "preact", f"p{q}") == pytest.approx(np.percentile(s, q), rel=1e-4, abs=1e-6)
+
+
 def test_train_batch_rejects_a_custom_train_step():
     class Custom(keras.Model):
         def train_step(self, data):
