@@ -175,6 +175,15 @@ def _two_pass64(flat):
     x = tf.cast(flat, tf.float64)
     n = tf.cast(tf.maximum(tf.size(x), 1), tf.float64)
     mean = tf.reduce_sum(x) / n
+    if tf.float64 == tf.float32:  # JAX without jax_enable_x64: float32 sums, so the deviations are scaled by their
+        # largest (no overflow of the squares' sum while the variance itself is finite), and the corrected two-pass
+        # form removes the mean's rounding error (Chan, Golub & LeVeque 1983).
+        d = x - mean
+        s = tf.reduce_max(tf.abs(d))
+        s = tf.where(tf.math.is_finite(s) & (s > 0), s, tf.ones_like(s))
+        d = d / s
+        var = (tf.reduce_sum(tf.square(d)) / n - tf.square(tf.reduce_sum(d) / n)) * s * s
+        return tf.cast(mean, tf.float32), tf.cast(var, tf.float32)
     var = tf.reduce_sum(tf.square(x - mean)) / n
     return tf.cast(mean, tf.float32), tf.cast(var, tf.float32)
 

@@ -222,6 +222,26 @@ def check_nan_run_is_flagged_without_crashing_fit():
     assert last.diverged.all() and not np.isfinite(last[last.stat == "var"].value).all()
 
 
+def check_variance_exact_for_large_mean_and_scale():
+    """Var of N(1e4, 1) and N(0, 1e18) in float32 to 1e-6 relative (TensorFlow: float64 sums; JAX: scaled, corrected
+    float32 sums), and a NaN/Inf element flags the tensor as diverged."""
+    from keras_initkit import backends
+    from keras_initkit.stats import TensorView
+
+    ops = backends.ops()
+    rng = np.random.default_rng(0)
+    for loc, scale in ((1e4, 1.0), (0.0, 1e18), (0.0, 1e-15), (1e3, 1e-2)):
+        x = (rng.standard_normal(50_000) * scale + loc).astype("float32")
+        view = TensorView(ops.convert_to_tensor(x), kind="preact", activation=None, unit_axis=-1, quantile_sample=None)
+        ref = np.asarray(x, np.float64).var()
+        assert abs(float(view.var) / ref - 1) < 1e-6 and not bool(view.diverged), (loc, scale, float(view.var), ref)
+    for bad in (np.nan, np.inf):
+        x = rng.standard_normal(100).astype("float32")
+        x[7] = bad
+        view = TensorView(ops.convert_to_tensor(x), kind="preact", activation=None, unit_axis=-1, quantile_sample=None)
+        assert bool(view.diverged), bad
+
+
 # ---- the rest of the toolkit on top of the monitor ------------------------------------------------------------------
 
 
