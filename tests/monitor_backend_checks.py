@@ -329,7 +329,7 @@ def _rnn_model(lstm=True):
 
 def frames(out: Path) -> None:
     """The monitor's records of fixed weights and probes, as CSV in `out`: mlp.csv (every kind and stat, histograms,
-    a tracked unit; BatchNormalization, a sigmoid and a softmax output with a cross-entropy on probabilities) and
+    a tracked unit; a fused tanh, BatchNormalization, ReLU, a softmax output with a cross-entropy on probabilities) and
     rnn.csv / rnn_time.csv (a SimpleRNN and an LSTM: the table and the per-time-step table)."""
     out = Path(out)
     model = keras.Sequential(
@@ -338,7 +338,6 @@ def frames(out: Path) -> None:
             keras.layers.Dense(32, activation="tanh", name="d1"),
             keras.layers.BatchNormalization(name="bn"),
             keras.layers.ReLU(name="r"),
-            keras.layers.Dense(16, activation="sigmoid", name="d2"),
             keras.layers.Dense(3, activation="softmax", name="out"),
         ]
     )

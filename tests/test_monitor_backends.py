@@ -28,8 +28,10 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _run_under(backend: str, out: Path, timeout: int = 600) -> dict:
+def _run_under(backend: str, out: Path, cache: Path | None = None, timeout: int = 600) -> dict:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"}
+    if cache is not None:  # most of the JAX run is XLA compilation: kept between runs in pytest's cache folder
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     done = subprocess.run(
         [sys.executable, str(HERE / "monitor_backend_checks.py"), str(out)],
         capture_output=True,
@@ -44,11 +46,11 @@ def _run_under(backend: str, out: Path, timeout: int = 600) -> dict:
 
 
 @pytest.fixture(scope="module")
-def jax_run(tmp_path_factory):
+def jax_run(tmp_path_factory, request):
     if not _installed("jax"):
         pytest.skip("jax is not installed (it is in the dev extra: make install)")
     out = tmp_path_factory.mktemp("jax")
-    return out, _run_under("jax", out)
+    return out, _run_under("jax", out, cache=request.config.cache.mkdir("jax-compilation"))
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="this process runs the TensorFlow backend")

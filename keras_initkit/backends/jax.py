@@ -318,7 +318,7 @@ def probe_function(
 
     # The eps shapes first (one abstract pass), then the forward and backward pass traced and compiled once.
     jax.eval_shape(lambda kv, ov, d: forward(kv, ov, None, d)[0], *args())
-    compiled = jax.jit(tensors_of).lower(*args()).compile()
+    compiled = jax.jit(tensors_of).lower(*args()).compile(compiler_options=_compiler_options())
     hooks, taps = box["hooks"], box["taps"]
     check_called(targets, hooks)
     taps.sources()  # names a recurrent layer the call never ran
