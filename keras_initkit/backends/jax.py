@@ -215,7 +215,7 @@ def tensor_values(spec, layout, t, kind, x, hist, unit, xla):
         if len(cache) >= _VALUES_MAX:
             cache.clear()
         lowered = jax.jit(compute).lower(x, [v.value for v in state])
-        cache[key] = (lowered.compile(compiler_options=_compiler_options()), entries)
+        cache[key] = (lowered.compile(compiler_options=_compiler_options(int(np.prod(x.shape)))), entries)
     fn, entries = cache[key]
     vec, new_state = fn(x, [v.value for v in state])
     for holder, value in zip(state, new_state, strict=True):
@@ -224,12 +224,17 @@ def tensor_values(spec, layout, t, kind, x, hist, unit, xla):
     return vec
 
 
-def _compiler_options() -> dict:
-    """XLA's options for the statistics: on a CPU, LLVM's cheapest optimization level (compiles ~3x faster; a few
-    reductions of a tensor gain little from the expensive passes)."""
+# Below this many elements a tensor's statistics are compiled at LLVM's cheapest level on a CPU (~3x faster to
+# compile; its run takes microseconds either way); larger ones get XLA's optimized code (their run is what counts).
+_QUICK_COMPILE_BELOW = 1 << 16
+
+
+def _compiler_options(size: int) -> dict:
+    """XLA's options for the statistics of a tensor of `size` elements (see `_QUICK_COMPILE_BELOW`)."""
     import jax
 
-    return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
+    quick = jax.default_backend() == "cpu" and size < _QUICK_COMPILE_BELOW
+    return {"xla_backend_optimization_level": 0} if quick else {}
 
 
 def _unique(variables):
@@ -318,7 +323,7 @@ def probe_function(
 
     # The eps shapes first (one abstract pass), then the forward and backward pass traced and compiled once.
     jax.eval_shape(lambda kv, ov, d: forward(kv, ov, None, d)[0], *args())
-    compiled = jax.jit(tensors_of).lower(*args()).compile(compiler_options=_compiler_options())
+    compiled = jax.jit(tensors_of).lower(*args()).compile()
     hooks, taps = box["hooks"], box["taps"]
     check_called(targets, hooks)
     taps.sources()  # names a recurrent layer the call never ran
