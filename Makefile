@@ -58,6 +58,11 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 test: $(STAMP) ## Run the test suite (fails when no test ran)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+.PHONY: test-torch
+test-torch: $(STAMP) ## Install torch (on demand: not in dev, its wheels are large) and run the backend tests with it
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pytest -q tests/test_monitor_backends.py tests/test_initializers.py -k "torch"
+
 .PHONY: bench
 bench: $(STAMP) ## Print measured speed and memory ratios (one run, never a timed test); also in results/bench/
 	$(BIN)/python -m benchmarks.run --out results/bench $(BENCH)

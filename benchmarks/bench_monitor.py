@@ -9,18 +9,24 @@ process CPU-time ratios beside them (CPU time counts the work done, whatever els
   `measure()` (which also builds the record's DataFrame).
 Each time is the minimum over interleaved repeats after a warm-up (tracing excluded); fit times are summed from
 per-step clock readings, robust to bursts of other work (`_robust_total`). Never asserted: read the ratios.
+
+Then the same under JAX, in a subprocess (`python -m benchmarks.bench_monitor --jax`, KERAS_BACKEND=jax; skipped
+where jax is not installed): the probe record against a jitted `jax.value_and_grad` of the model's stateless call,
+and fit with the probe monitor over plain fit (source="train_batch" does not run under JAX).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_initkit.monitor import VarianceMonitor  # noqa: E402
 
@@ -115,14 +121,25 @@ def fit_ratios(build, repeats: int) -> tuple[dict, float]:
     _compile(model)
     x, y = _data(shape, BATCH * 100, 1)
     probe = _data(shape, PROBE, 2)
+    train_batch = keras.backend.backend() == "tensorflow"  # the only backend whose train step it can swap
     configs = {  # name: (monitor or None, steps, batches that record)
         "plain": (None, 100, set()),
         "every=50": (VarianceMonitor(probe=probe, every=50), 100, {49, 99}),
-        "every=50 train_batch": (VarianceMonitor(every=50, source="train_batch"), 100, {0, 50}),
+        "every=50 train_batch": (
+            VarianceMonitor(every=50, source="train_batch") if train_batch else None,
+            100,
+            {0, 50},
+        ),
         "plain 20": (None, 20, set()),
         "every=1": (VarianceMonitor(probe=probe, every=1), 20, set(range(20))),
-        "every=1 train_batch": (VarianceMonitor(every=1, source="train_batch"), 20, set(range(20))),
+        "every=1 train_batch": (
+            VarianceMonitor(every=1, source="train_batch") if train_batch else None,
+            20,
+            set(range(20)),
+        ),
     }
+    if not train_batch:
+        configs = {k: v for k, v in configs.items() if "train_batch" not in k}
 
     def run(cb, n, recorded):
         first, last = _Stamp(), _Stamp()
@@ -146,14 +163,10 @@ def fit_ratios(build, repeats: int) -> tuple[dict, float]:
     return ratios, float(best["plain"][0]) / 100
 
 
-def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
-    """One probe record against the floor (a hand-written tf.function forward + backward on the same batch)."""
-    keras.utils.set_random_seed(0)
-    model, shape = build()
-    _compile(model)
-    xp, yp = _data(shape, PROBE, 2)
-    monitor = VarianceMonitor(probe=(xp, yp))
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+def _tf_floor(model, loss_fn, xp, yp):
+    """A hand-written tf.function forward + backward with GradientTape on the probe batch (its loss to the host)."""
+    import tensorflow as tf
+
     xt, yt = tf.constant(xp), tf.constant(yp)
 
     @tf.function
@@ -162,10 +175,38 @@ def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
             loss = loss_fn(yt, model(xt, training=True))
         return loss, tape.gradient(loss, model.trainable_variables)
 
+    return lambda: floor()[0].numpy()
+
+
+def _jax_floor(model, loss_fn, xp, yp):
+    """A jitted jax.value_and_grad of the model's stateless call on the probe batch (its loss to the host)."""
+    import jax
+
+    def loss_of(trainable, non_trainable, x, y):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, y_pred)
+
+    step = jax.jit(jax.value_and_grad(loss_of))
+    return lambda: np.asarray(
+        step([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], xp, yp)[0]
+    )
+
+
+def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
+    """One probe record against the floor (a hand-written tf.function forward + backward on the same batch)."""
+    keras.utils.set_random_seed(0)
+    model, shape = build()
+    _compile(model)
+    xp, yp = _data(shape, PROBE, 2)
+    monitor = VarianceMonitor(probe=(xp, yp))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    floor = (
+        _jax_floor(model, loss_fn, xp, yp) if keras.backend.backend() == "jax" else _tf_floor(model, loss_fn, xp, yp)
+    )
     probe_fn = monitor._probe_fn(model).fn  # what one record runs: the traced probe function, built once
     fns = {
-        "floor": lambda: floor()[0].numpy(),
-        "probe": lambda: probe_fn()[0].numpy(),  # reductions on the device, one small vector to the host
+        "floor": floor,
+        "probe": lambda: np.asarray(probe_fn()[0]),  # reductions on the device, one small vector to the host
         "measure()": lambda: monitor.measure(model),  # the same, plus the record's DataFrame
     }
     for f in fns.values():
@@ -180,22 +221,46 @@ def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
     return _ratios(times, "floor"), times["floor"][0]
 
 
-def main() -> None:
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    print(f"batch {BATCH}, probe {PROBE}, {'GPU' if gpu else 'CPU'}; ratios as wall (process CPU time)")
-    if not gpu:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        gpu = jax.default_backend() == "gpu"
+    else:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    print(f"[{backend}] batch {BATCH}, probe {PROBE}, {'GPU' if gpu else 'CPU'}; ratios as wall (process CPU time)")
+    if not gpu and backend != "jax":
         print("CPU time counts the work done whatever else runs on the machine; wall time does not.")
+    targets = "" if backend == "jax" else " (target <= 1.2x)"
     for name, build in (("5x1000 tanh MLP", mlp), ("20-layer conv net", convnet)):
         pr, floor = probe_ratios(build, calls=1, repeats=8)
         cells = ", ".join(f"{k} {w:.2f}x ({c:.2f}x)" for k, (w, c) in pr.items())
-        print(f"{name}: one record vs floor {floor * 1e3:.0f} ms (target <= 1.2x): {cells}", flush=True)
+        print(f"[{backend}] {name}: one record vs floor {floor * 1e3:.0f} ms{targets}: {cells}", flush=True)
         fr, step = fit_ratios(build, repeats=2)
         cells = ", ".join(f"{k} {w:.3f}x ({c:.3f}x)" for k, (w, c) in fr.items())
         print(
-            f"{name}: fit vs plain fit, plain step {step * 1e3:.0f} ms (targets: every=50 <= 1.03x, every=1 "
-            f"<= 1.5x): {cells}",
+            f"[{backend}] {name}: fit vs plain fit, plain step {step * 1e3:.0f} ms (targets: every=50 <= 1.03x, "
+            f"every=1 <= 1.5x): {cells}",
             flush=True,
         )
+    if backend == "tensorflow" and "--no-jax" not in argv:
+        _jax_subprocess()
+
+
+def _jax_subprocess() -> None:
+    """The same benchmark under JAX, in a subprocess (Keras picks its backend at import)."""
+    if importlib.util.find_spec("jax") is None:
+        print("[jax] skipped: jax is not installed (pip install jax, or make install)")
+        return
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_monitor"], env=env, capture_output=True, text=True)
+    print(done.stdout, end="", flush=True)
+    if done.returncode:
+        print(f"[jax] failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
 
 
 if __name__ == "__main__":

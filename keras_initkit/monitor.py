@@ -11,7 +11,8 @@ device to a few named statistics (`STATS`), so the table grows by (layers x kind
     df = monitor.to_frame()          # tidy: step, epoch, layer, depth, kind, stat, value, diverged
     monitor.save("layers.parquet")   # or .csv
 
-How the tensors are reached (TensorFlow backend): while the probe function is traced (once), each monitored layer's
+How the tensors are reached (TensorFlow and JAX; the backend's part is `keras_initkit.backends`, PyTorch is refused
+with a ValueError): while the probe function is traced (once), each monitored layer's
 `call` is wrapped. A layer with an `activation` attribute (Dense, ConvND, Activation, ...) runs with that attribute
 swapped for a recorder that sees s and returns f(s), so the layer computes exactly what it always computes; an
 activation layer without one (ReLU, LeakyReLU, ELU, PReLU, Softmax) records its input as s; any other layer
@@ -19,6 +20,7 @@ activation layer without one (ReLU, LeakyReLU, ELU, PReLU, Softmax) records its 
 (SimpleRNN, LSTM, GRU, RNN(cell), Bidirectional: s = its output; its kernel is the cell's input kernel, none for
 Bidirectional; per-time-step records are not part of this table). The probe pass runs inside a
 `keras.StatelessScope`, so it never moves BatchNormalization statistics, dropout seeds or metric states.
+`source="train_batch"` runs under TensorFlow only (refused at construction under JAX).
 
 Attaching the monitor never changes training: every weight after every step is bit-identical to plain `fit` from
 the same seed (tested for softmax and sigmoid outputs with and without `from_logits`, saturated or not). The taps
@@ -47,6 +49,7 @@ import importlib.util
 import inspect
 import os
 import re
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -57,11 +60,12 @@ import keras
 import numpy as np
 import pandas as pd
 
+from keras_initkit import backends
 from keras_initkit.fileio import write_frame
-from keras_initkit.hooks import LayerHooks, reachable
+from keras_initkit.hooks import reachable
 from keras_initkit.layers import leaf_layers, select_layers
 from keras_initkit.record import COLUMNS, KINDS, Layout, Record, RecordSpec, empty, frame, reset_hist
-from keras_initkit.recurrent import TIME_KINDS, TimeTaps, recurrent_targets, time_frame
+from keras_initkit.recurrent import TIME_KINDS, recurrent_targets, time_frame
 from keras_initkit.stats import STATS, TensorView
 from keras_initkit.train_batch import TrainBatchRecorder, uses_xla
 
@@ -87,8 +91,8 @@ def _check_every(every):
 
 def _first_batch(probe):
     """The first batch of a tf.data.Dataset, a keras.utils.PyDataset, a generator or an iterator; else `probe`."""
-    tf = _tf()
-    if isinstance(probe, tf.data.Dataset):
+    tf = sys.modules.get("tensorflow")  # a tf.data.Dataset exists only where TensorFlow was imported
+    if tf is not None and isinstance(probe, tf.data.Dataset):
         for batch in probe.take(1):
             return keras.tree.map_structure(np.asarray, batch)
         raise ValueError(f"`probe` as a tf.data.Dataset must yield a batch. Received: an empty dataset {probe!r}")
@@ -293,6 +297,13 @@ class VarianceMonitor(keras.callbacks.Callback):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"`source` must be one of {SOURCES}. Received: source={source!r}")
+        _require_backend()
+        if source == "train_batch" and backends.name() not in backends.TRAIN_BATCH:
+            raise ValueError(
+                '`source="train_batch"` records inside Keras\' own train step, which a callback can swap under the '
+                f'{", ".join(backends.TRAIN_BATCH)} backend only; use source="probe" under this backend. '
+                f"Received: source={source!r} with backend={backends.name()!r}"
+            )
         if probe is None and (source == "probe" or on_epoch_end):
             raise ValueError(
                 '`probe` is required unless source="train_batch" (and on_epoch_end=False). Received: probe=None'
@@ -445,7 +456,6 @@ class VarianceMonitor(keras.callbacks.Callback):
         compiled = (getattr(model, "compiled", False), id(getattr(model, "loss", None)))
         if st is not None and st.model() is model and st.compiled == compiled:
             return st
-        tf = _tf()
         _ensure_built(model, self.probe[0])
         _check_probe_fits(model, self.probe)
         targets = reachable(select_layers(model, self.layers))
@@ -470,61 +480,16 @@ class VarianceMonitor(keras.callbacks.Callback):
                 UserWarning,
                 stacklevel=3,
             )
-        to_t = lambda v: None if v is None else keras.tree.map_structure(tf.convert_to_tensor, v)  # noqa: E731
-        x, y, sw = to_t(x), to_t(y), to_t(sw)
         hist = spec.hist_state(targets)
         layout = Layout(targets)
-        training = self.training
+        tf = backends.ops()
 
-        def probe():
-            rec: dict[tuple[int, str], Any] = {}
-            kernels = {t.index: t.kernel.value for t in targets if t.kernel is not None}
-
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-
-                def keep(kind):
-                    def f(t, s):
-                        s = tf.identity(s)  # the gradient w.r.t. s is then the one through this layer only
-                        tape.watch(s)
-                        rec[(t.index, kind)] = s
-                        return s
-
-                    return f
-
-                tape.watch(list(kernels.values()))
-                with keras.StatelessScope():  # no BatchNormalization, seed or metric update escapes the probe
-                    with (
-                        LayerHooks(targets, keep("preact"), keep("activation")) as hooks,
-                        TimeTaps(time_targets, tape.watch) as taps,
-                    ):
-                        y_pred = model(x, training=training)
-                    if grads:
-                        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw)
-            missing = [t.name for t in targets if t.index not in hooks.called]
-            if missing:
-                raise ValueError(f"`layers` selects layers that the model's forward pass does not call: {missing}")
-            tensors = dict(rec)
-            eps = taps.sources()  # dC/d eps_t = dC/dh_t of each recurrent layer (keras_initkit.recurrent)
-            time_grads = None
-            if grads:  # every gradient, whichever kinds are recorded: the recorded ones keep their values
-                keys = [k for k in rec] + [(i, "kernel") for i in kernels]
-                srcs = [rec[k] for k in rec] + list(kernels.values())
-                gs = tape.gradient(loss, srcs + eps, unconnected_gradients=tf.UnconnectedGradients.NONE)
-                gs, time_grads = (
-                    gs[: len(srcs)],
-                    [tf.zeros_like(e) if g is None else g for e, g in zip(eps, gs[len(srcs) :], strict=True)],
-                )
-                for (i, kind), src, g in zip(keys, srcs, gs, strict=True):
-                    # A softmax/sigmoid output whose loss reads its logits: Keras computes no dC/df(s) (nor does the
-                    # train-batch recorder see one); any other unconnected gradient is zero.
-                    if g is not None or kind == "kernel" or i not in hooks.linked:
-                        tensors[(i, "grad_" + kind)] = tf.zeros_like(src) if g is None else g
+        def reduce(tensors, taps, time_grads):
+            """The record's vectors from the probe pass's tensors (the shared part, under every backend)."""
             layout.entries.clear()
             layout.__dict__.pop("arrays", None)
             vals = []
             for t in targets:
-                if t.kernel is not None:
-                    tensors[(t.index, "kernel")] = tf.convert_to_tensor(kernels[t.index])
                 mine = {k: tensors[(t.index, k)] for k in spec.kinds_of(t) if (t.index, k) in tensors}
                 vals += [spec.values(layout, t, k, v, hist, xla=xla) for k, v in mine.items()]
                 vals += spec.unit_values(layout, t, mine, xla=xla)
@@ -537,10 +502,20 @@ class VarianceMonitor(keras.callbacks.Callback):
             return tf.concat(vals, 0), tf.concat(time_vals, 0)
 
         # Compiled with XLA where the model's train step is (Keras' "auto": on GPU): the many small reductions then
-        # fuse into few kernels instead of one launch each.
-        xla = uses_xla(model)
-        fn = tf.function(probe, autograph=False, jit_compile=xla)
-        fn.get_concrete_function()  # trace now: the layout is known before the first record
+        # fuse into few kernels instead of one launch each. JAX compiles with XLA always.
+        backend = backends.require()
+        xla = uses_xla(model) or backend == "jax"
+        fn = backends.module().probe_function(
+            model,
+            targets,
+            time_targets,
+            (x, y, sw),
+            grads=grads,
+            training=self.training,
+            xla=xla,
+            reduce=reduce,
+            state=[v for vs in hist.values() for v in vs],
+        )
         self._probe = _Probe(weakref.ref(model), compiled, fn, layout, hist, time_layout)
         return self._probe
 
@@ -557,7 +532,7 @@ class VarianceMonitor(keras.callbacks.Callback):
 
         The record is also appended to the table (`to_frame()`, `save()`) until the next `fit` starts a fresh one.
         """
-        _require_tensorflow()
+        _require_backend()
         model = self.model if model is None else model
         if model is None:
             raise ValueError("`model` must be given (the monitor is not attached to a model). Received: model=None")
@@ -602,7 +577,7 @@ class VarianceMonitor(keras.callbacks.Callback):
         warnings.warn(f"VarianceMonitor: with steps_per_execution={spe}, {effect}.", UserWarning, stacklevel=3)
 
     def on_train_begin(self, logs=None):
-        _require_tensorflow()
+        _require_backend()
         model = self.model
         optimizer = getattr(model, "optimizer", None)
         start = int(optimizer.iterations.numpy()) if optimizer is not None else 0
@@ -701,9 +676,5 @@ def _ensure_built(model, x) -> None:
         model.build(keras.tree.map_structure(lambda v: (None, *np.shape(v)[1:]), x))
 
 
-def _require_tensorflow():
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "VarianceMonitor needs the TensorFlow backend (it reads gradients with tf.GradientTape); set "
-            f"KERAS_BACKEND=tensorflow. Received: backend={keras.backend.backend()!r}"
-        )
+def _require_backend():
+    backends.require("VarianceMonitor")

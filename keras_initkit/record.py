@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from keras_initkit import backends
 from keras_initkit.layers import Target
-from keras_initkit.stats import STATS, TensorView
+from keras_initkit.stats import STATS, TensorView, _rank
 
 __all__ = ["COLUMNS", "FORWARD_KINDS", "GRADIENT_KINDS", "KINDS", "Layout", "Record", "RecordSpec"]
 
@@ -31,9 +32,10 @@ COLUMNS = ("step", "epoch", "layer", "depth", "kind", "stat", "value", "diverged
 
 
 def _tf():
-    import tensorflow as tf
+    """The backend's tensor operations, in TensorFlow's names (`keras_initkit.backends.ops`)."""
+    from keras_initkit.backends import ops
 
-    return tf
+    return ops()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,7 +243,14 @@ class RecordSpec:
         return tuple(k for k in self.kinds if t.kernel is not None or k not in KERNEL_KINDS)
 
     def values(self, layout: Layout, t: Target, kind: str, x, hist: dict | None, unit: int = -1, xla=False):
-        """Entries of one tensor appended to `layout` (at trace time); returns its values as one float32 vector."""
+        """Entries of one tensor appended to `layout` (at trace time); returns its values as one float32 vector.
+
+        Under TensorFlow computed in the caller's traced function; under JAX by a compiled function per signature
+        (`keras_initkit.backends.jax.tensor_values`)."""
+        return backends.module().tensor_values(self, layout, t, kind, x, hist, unit, xla)
+
+    def compute(self, layout: Layout, t: Target, kind: str, x, hist: dict | None, unit: int = -1, xla=False):
+        """`values`' computation, in the backend's tensor operations."""
         tf = _tf()
         view = TensorView(
             x,
@@ -275,7 +284,8 @@ class RecordSpec:
         out = []
         for kind in FORWARD_KINDS:
             x = tensors.get(kind)
-            if x is None or x.shape.rank is None or x.shape.rank < 2:
+            rank = _rank(x) if x is not None else None
+            if rank is None or rank < 2:
                 continue
             n_units = x.shape[t.unit_axis]
             if n_units is None or self.track_unit >= n_units:
@@ -321,12 +331,19 @@ def _scalar(name: str, v):
         t = tf.convert_to_tensor(v)
     except (TypeError, ValueError):
         t = None
-    if t is None or t.shape.rank != 0 or not (t.dtype.is_floating or t.dtype.is_integer or t.dtype.is_bool):
+    if t is None or _rank(t) != 0 or not _numeric(t.dtype):
         raise ValueError(
             f"`stats` entry {name!r} must return a numeric scalar tensor (or None to skip the tensor). Received: {v!r}"
         )
     v = t
     return v if v.dtype == tf.float32 else tf.cast(v, tf.float32)
+
+
+def _numeric(dtype) -> bool:
+    """Whether a tensor's dtype is a float, int or bool (TensorFlow's DType, or a numpy/JAX dtype)."""
+    if hasattr(dtype, "is_floating"):
+        return dtype.is_floating or dtype.is_integer or dtype.is_bool
+    return np.dtype(dtype).kind in "fiub"
 
 
 def reset_hist(state: dict | None) -> None:

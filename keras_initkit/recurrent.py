@@ -63,9 +63,10 @@ TIME_COLUMNS = ("layer", "t", "lag", "kind", "stat", "value")
 
 
 def _tf():
-    import tensorflow as tf
+    """The backend's tensor operations, in TensorFlow's names (`keras_initkit.backends.ops`)."""
+    from keras_initkit.backends import ops
 
-    return tf
+    return ops()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,7 +207,9 @@ class Tap:
 class TimeTaps:
     """While active, each target layer's loop adds a zero eps_t to h_t (see the module docstring), at its first call.
 
-    `watch(tensor)` is called on each eps as it is created (e.g. a `tf.GradientTape`'s `watch`). After the model
+    `watch(tensor)` is called on each eps as it is created (e.g. a `tf.GradientTape`'s `watch`); `source(index,
+    zeros)`, where given, returns the eps to use instead (under JAX: an argument of the differentiated function,
+    `keras_initkit.backends.jax`). After the model
     call, `sources()` are the tensors to differentiate the loss against, and `values(grads)` the statistics.
 
         with tf.GradientTape() as tape:
@@ -221,6 +224,7 @@ class TimeTaps:
 
     targets: list[RecurrentTarget]
     watch: Callable[[Any], None] | None = None
+    source: Callable[[int, Any], Any] | None = None  # (target index, zero eps) -> the eps to use (JAX: an argument)
     taps: dict[int, Tap] = field(default_factory=dict)
     _saved: list = field(default_factory=list)
 
@@ -251,6 +255,8 @@ class TimeTaps:
             d = sequences.shape[-1]
             shape = tf.concat([tf.shape(sequences)[:-1], [_units(layer)]], 0)
             eps = tf.zeros(shape, dtype=sequences.dtype)
+            if self.source is not None:
+                eps = self.source(t.index, eps)
             if self.watch is not None:
                 self.watch(eps)
             cell = layer.cell

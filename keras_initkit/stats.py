@@ -21,9 +21,10 @@ SATURATION_MARGIN = 0.01
 
 
 def _tf():
-    import tensorflow as tf
+    """The backend's tensor operations, in TensorFlow's names (`keras_initkit.backends.ops`)."""
+    from keras_initkit.backends import ops
 
-    return tf
+    return ops()
 
 
 class TensorView:
@@ -141,10 +142,11 @@ class TensorView:
         For outputs >= 0 (a rectifier's, as `stat_dead` asks): a unit is dead when its maximum is 0.
         """
         tf = _tf()
-        if self.unit_axis is None or self.x.shape.rank is None or self.x.shape.rank < 2:
+        rank = _rank(self.x)
+        if self.unit_axis is None or rank is None or rank < 2:
             return tf.cast(tf.equal(tf.reduce_max(self.x), 0.0), tf.float32)
-        axis = self.unit_axis % self.x.shape.rank
-        others = [a for a in range(self.x.shape.rank) if a != axis]
+        axis = self.unit_axis % rank
+        others = [a for a in range(rank) if a != axis]
         dead = tf.equal(tf.reduce_max(self.x, axis=others), 0.0)  # NaN is not 0: a NaN unit is not dead
         return tf.reduce_mean(tf.cast(dead, tf.float32))
 
@@ -161,12 +163,27 @@ class TensorView:
         return counts / tf.cast(tf.maximum(tf.size(x), 1), tf.float32)
 
 
+def _rank(x) -> int | None:
+    """The rank of a tensor (None where TensorFlow does not know it)."""
+    shape = x.shape
+    return shape.rank if hasattr(shape, "rank") else len(shape)
+
+
 def _two_pass64(flat):
     """(mean, var) of a flat float32 tensor, accumulated in float64 from the exact mean (two passes), as float32."""
     tf = _tf()
     x = tf.cast(flat, tf.float64)
     n = tf.cast(tf.maximum(tf.size(x), 1), tf.float64)
     mean = tf.reduce_sum(x) / n
+    if tf.float64 == tf.float32:  # JAX without jax_enable_x64: float32 sums, so the deviations are scaled by their
+        # largest (no overflow of the squares' sum while the variance itself is finite), and the corrected two-pass
+        # form removes the mean's rounding error (Chan, Golub & LeVeque 1983).
+        d = x - mean
+        s = tf.reduce_max(tf.abs(d))
+        s = tf.where(tf.math.is_finite(s) & (s > 0), s, tf.ones_like(s))
+        d = d / s
+        var = (tf.reduce_sum(tf.square(d)) / n - tf.square(tf.reduce_sum(d) / n)) * s * s
+        return tf.cast(mean, tf.float32), tf.cast(var, tf.float32)
     var = tf.reduce_sum(tf.square(x - mean)) / n
     return tf.cast(mean, tf.float32), tf.cast(var, tf.float32)
 

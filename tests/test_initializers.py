@@ -325,9 +325,9 @@ def test_save_and_load_model_in_a_fresh_process(tmp_path):
     assert got == json.loads(json.dumps(expected))
 
 
-@pytest.mark.parametrize("backend", ["jax"])
+@pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_other_backend_samples_the_same_law(backend):
-    pytest.importorskip(backend)
+    pytest.importorskip(backend, reason=f"{backend} is not installed (torch: make test-torch)")
     code = textwrap.dedent(
         """
         import json, keras, numpy as np, keras_initkit as kik
