@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,14 @@ from keras_initkit.study.models import build_vgg, layer_names, transfer_layers, 
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2, 3, 4)
+
+
+def test_preregistration_hash_is_pinned():
+    """CLAIMS, RULES, the thresholds and QUICK are those PREREGISTRATION.md records (an edit changes the hash)."""
+    text = (ROOT / "docs" / "results" / "vgg_depth" / "PREREGISTRATION.md").read_text()
+    pinned = re.search(r"sha256: `([0-9a-f]{64})`", text)
+    assert pinned is not None, "PREREGISTRATION.md must state `sha256: `<hex>``"
+    assert v.preregistration_hash() == pinned.group(1)
 
 
 def test_quick_uses_fresh_seeds_and_enough_of_them():
