@@ -1016,8 +1016,9 @@ def plot_vgg(curves: pd.DataFrame):
             names[(part, phase, init, n)] = f"{n} layers, {INIT_LABELS[init]} from scratch"
     key = list(zip(vgg["part"], vgg["phase"], vgg["init"], vgg["n_layers"], strict=True))
     frame = vgg.assign(run=[names[k] for k in key], start=np.where(vgg["part"] == "recipe", "recipe", "scratch"))
-    colors = dict(zip(sorted(set(frame["run"])), ["#777777", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"],
-                      strict=False))  # fmt: skip
+    from keras_initkit.plots import palette
+
+    colors = palette(sorted(set(frame["run"])))  # one colour per run, however many nets the Config has
     return learning_curves(
         frame, "loss", hue="run", style="start", units="seed", palette=colors, xlabel="SGD updates (the deeper net "
         "from A starts after A's)", ylabel="training loss (chunk mean)",

@@ -328,3 +328,17 @@ def test_fallback_data_when_files_are_absent(tmp_path, monkeypatch):
     assert v._data(cfg).name == "digits"
     with pytest.raises(FileNotFoundError):
         v._data(dataclasses.replace(cfg, fallback_data=None))
+
+
+def test_vgg_figure_has_a_colour_for_every_net():
+    """The QUICK grid has six VGG runs (A, the recipe's net, N(0, 0.01) and He at two n_layers): one colour each."""
+    rows = []
+    for part, phase, init, n in [("recipe", "A", "recipe", 4), ("recipe", "recipe_fixed", "recipe", 6),
+                                 ("train", "scratch", "fixed", 6), ("train", "scratch", "he_fan_in", 6),
+                                 ("train", "scratch", "fixed", 13), ("train", "scratch", "he_fan_in", 13)]:  # fmt: skip
+        for step in (0, 10, 20):
+            rows.append(dict(net="vgg", part=part, phase=phase, init=init, n_layers=n, seed=0, step=step, loss=2.3))
+    fig = v.plot_vgg(pd.DataFrame(rows))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
