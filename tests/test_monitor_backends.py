@@ -50,7 +50,11 @@ def jax_run(tmp_path_factory, request):
     if not _installed("jax"):
         pytest.skip("jax is not installed (it is in the dev extra: make install)")
     out = tmp_path_factory.mktemp("jax")
-    return out, _run_under("jax", out, cache=request.config.cache.mkdir("jax-compilation"))
+    # pytest's cache folder keeps XLA's compilations between runs; without the cache plugin (-p no:cacheprovider)
+    # they are compiled afresh in a temporary folder
+    cache = getattr(request.config, "cache", None)
+    where = cache.mkdir("jax-compilation") if cache is not None else tmp_path_factory.mktemp("jax-compilation")
+    return out, _run_under("jax", out, cache=where)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="this process runs the TensorFlow backend")
