@@ -19,7 +19,7 @@ from keras_initkit.layers import call_graph, select_layers
 from keras_initkit.theory import compare, predict_variance
 
 pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="VarianceMonitor needs the TensorFlow backend"
+    keras.backend.backend() != "tensorflow", reason="TF-only test; JAX: test_monitor_backends.py"
 )
 L = keras.layers
 APPS = {

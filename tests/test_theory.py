@@ -222,7 +222,7 @@ def _conv_net(seed: int) -> keras.Model:
     )
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="VarianceMonitor needs the TensorFlow backend")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF-only test; JAX: test_monitor_backends.py")
 def test_conv_net_against_the_monitor():
     """A small conv net, measured by VarianceMonitor (batch statistics in BatchNormalization, as predicted).
 
@@ -370,7 +370,7 @@ def _graph(kind: str) -> keras.Model:
     return keras.Model(inp, out, name=kind)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="VarianceMonitor needs the TensorFlow backend")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF-only test; JAX: test_monitor_backends.py")
 @pytest.mark.parametrize("kind", ["add", "concatenate", "multiply", "shared", "padding"])
 def test_branching_graphs_against_the_monitor(kind):
     """Merge rules against VarianceMonitor: forward within 10% and backward within 15% at every monitored layer
@@ -389,7 +389,7 @@ def test_branching_graphs_against_the_monitor(kind):
     np.testing.assert_allclose(bwd["ratio"], 1.0, rtol=0.15, err_msg=bwd.to_string())
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="VarianceMonitor needs the TensorFlow backend")
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF-only test; JAX: test_monitor_backends.py")
 def test_side_output_and_subclassed_model():
     """A side output is a second sink: the trunk's forward signal is not fed through it (before: ratio 0.027, no
     error), and each sink may get its own top_grad_var. A subclassed model is predicted in its forward order."""
