@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from keras_initkit import backends
+from keras_initkit.backends import ops as _tf  # the backend's tensor operations, in TensorFlow's names
 from keras_initkit.layers import Target
 from keras_initkit.stats import STATS, TensorView, _rank
 
@@ -29,13 +30,6 @@ FORWARD_KINDS = ("preact", "activation")
 GRADIENT_KINDS = ("grad_preact", "grad_activation", "grad_kernel")
 KERNEL_KINDS = ("kernel", "grad_kernel")
 COLUMNS = ("step", "epoch", "layer", "depth", "kind", "stat", "value", "diverged")
-
-
-def _tf():
-    """The backend's tensor operations, in TensorFlow's names (`keras_initkit.backends.ops`)."""
-    from keras_initkit.backends import ops
-
-    return ops()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from keras_initkit import activations
+from keras_initkit.backends import ops as _tf  # the backend's tensor operations, in TensorFlow's names
 from keras_initkit.layers import leaf_layers
 
 __all__ = [
@@ -60,13 +61,6 @@ __all__ = [
 
 TIME_KINDS = ("hidden", "grad_hidden")
 TIME_COLUMNS = ("layer", "t", "lag", "kind", "stat", "value")
-
-
-def _tf():
-    """The backend's tensor operations, in TensorFlow's names (`keras_initkit.backends.ops`)."""
-    from keras_initkit.backends import ops
-
-    return ops()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,18 +13,12 @@ from typing import Any
 import numpy as np
 
 from keras_initkit.activations import spec
+from keras_initkit.backends import ops as _tf  # the backend's tensor operations, in TensorFlow's names
 
 __all__ = ["SATURATION_MARGIN", "STATS", "TensorView"]
 
 # A value of a bounded activation this close to a bound counts as saturated (|tanh| > 0.99, sigmoid < 0.01 or > 0.99).
 SATURATION_MARGIN = 0.01
-
-
-def _tf():
-    """The backend's tensor operations, in TensorFlow's names (`keras_initkit.backends.ops`)."""
-    from keras_initkit.backends import ops
-
-    return ops()
 
 
 class TensorView:
