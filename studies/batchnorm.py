@@ -97,7 +97,7 @@ from keras_initkit.study.summary import (
     spread,
     with_trial,
 )
-from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve
+from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve, set_random_seed
 
 NAME = "batchnorm"
 
@@ -501,7 +501,7 @@ def _run_mlp(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     from keras_initkit.monitor import VarianceMonitor
 
     start, seed, part = time.perf_counter(), int(trial["seed"]), trial["part"]
-    keras.utils.set_random_seed(derive_seed(seed, "fit", "mlp"))
+    set_random_seed(derive_seed(seed, "fit", "mlp"))
     d = split(cfg, True)
     x, k = d["x"], d["num_classes"]
     depth = cfg.n_hidden if part == "mlp" else cfg.sig_depth
@@ -535,7 +535,7 @@ def _run_mlp(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
 
 def _run_deep(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     start, seed = time.perf_counter(), int(trial["seed"])
-    keras.utils.set_random_seed(derive_seed(seed, "fit", "deep"))
+    set_random_seed(derive_seed(seed, "fit", "deep"))
     d = split(cfg, False)
     x, k = d["x"], d["num_classes"]
     arch = ("deep", trial["bn"], x.shape[1:], k, cfg.deep_depth, cfg.deep_widths, cfg.deep_momentum)

@@ -45,7 +45,7 @@ from keras_initkit.study.grid import derive_seed
 from keras_initkit.study.metrics import cross_entropy, error_percent
 from keras_initkit.study.models import build_vgg, weight_layers
 from keras_initkit.study.summary import claim_row, spread, with_trial
-from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve
+from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve, set_random_seed
 
 NAME = "lsuv_init"
 
@@ -252,7 +252,7 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     if trial.get("init") not in INITS:
         raise ValueError(f"trial `init` must be one of {INITS}. Received: init={trial.get('init')!r}")
     seed = int(trial["seed"])
-    keras.utils.set_random_seed(derive_seed(seed, "trial", trial["n_layers"], trial["init"]))
+    set_random_seed(derive_seed(seed, "trial", trial["n_layers"], trial["init"]))
     d = _data(cfg)
     model, monitor = fresh_net(cfg, trial["init"], seed)
     tables = {}

@@ -95,7 +95,7 @@ from keras_initkit.study.summary import (
     spread,
     with_trial,
 )
-from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve
+from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve, set_random_seed
 
 NAME = "sigmoid_vs_relu"
 
@@ -402,7 +402,7 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
         raise ValueError(f"trial `part` must be one of {PARTS}. Received: part={part!r}")
     start, start_cpu = time.perf_counter(), time.process_time()
     seed, dataset, lr = int(trial["seed"]), trial["dataset"], float(trial["lr"])
-    keras.utils.set_random_seed(derive_seed(seed, "fit", dataset))
+    set_random_seed(derive_seed(seed, "fit", dataset))
     d = _splits(cfg, dataset)
     fig2 = part == "fig2"
     width, every = (cfg.g1_width, cfg.g1_record_every) if fig2 else (cfg.width, cfg.record_every)

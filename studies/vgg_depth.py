@@ -76,7 +76,7 @@ from keras_initkit.study.summary import (
     spread,
     with_trial,
 )
-from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve
+from keras_initkit.study.training import ModelCache, compile_sgd, fit_curve, set_random_seed
 
 NAME = "vgg_depth"
 
@@ -494,7 +494,7 @@ def run_trial(cfg: Config, trial: dict) -> dict[str, pd.DataFrame]:
     if part not in parts:
         raise ValueError(f"trial `part` must be 'init', 'train' or 'recipe'. Received: part={part!r}")
     _widths(cfg, trial.get("net"))
-    keras.utils.set_random_seed(derive_seed(int(trial["seed"]), "trial", part, trial["n_layers"], trial["init"]))
+    set_random_seed(derive_seed(int(trial["seed"]), "trial", part, trial["n_layers"], trial["init"]))
     dataset = _data(cfg).name
     return {name: frame.assign(dataset=dataset) for name, frame in parts[part](cfg, trial).items()}
 

@@ -9,6 +9,7 @@ import pytest
 
 from keras_initkit.study.metrics import cross_entropy
 from keras_initkit.study.models import build_mlp
+from keras_initkit.study import training
 from keras_initkit.study.training import CurveRecorder, ModelCache, batches, compile_sgd, fit_curve, reset_optimizer
 
 
@@ -31,6 +32,54 @@ def test_batches_are_permutations_per_pass_and_deterministic():
         batches(x, y, 13, 0)
     with pytest.raises(ValueError, match="same length"):
         batches(x, y[:5], 4, 0)
+
+
+def _draws():
+    """What a trial draws from the global seeds: Python, NumPy, Keras' unseeded keras.random, a layer's default
+    initializer, the tf.data shuffle order (with an op seed, and TensorFlow's global seed)."""
+    import random
+
+    x = np.arange(12, dtype="float32")[:, None]
+    return (
+        random.random(),
+        float(np.random.rand()),
+        keras.ops.convert_to_numpy(keras.random.normal((3,))).tolist(),
+        keras.ops.convert_to_numpy(keras.initializers.GlorotUniform()((2, 2))).tolist(),
+        [b[1].numpy().tolist() for b in batches(x, np.arange(12), 4, 7).take(3)],
+    )
+
+
+def test_set_random_seed_and_clear_session_are_keras_own_but_keep_the_kernel_cache(monkeypatch):
+    from tensorflow.python import pywrap_tfe
+
+    clears = []
+    original = pywrap_tfe.TFE_ContextClearCaches
+    monkeypatch.setattr(pywrap_tfe, "TFE_ContextClearCaches", lambda handle: clears.append(handle))
+    keras.utils.set_random_seed(12)
+    keras_12 = _draws()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(11)
+    keras_11 = _draws()
+    assert len(clears) == 3 and keras_11 != keras_12  # Keras' calls each clear the cache ...
+    training.set_random_seed(12)
+    assert _draws() == keras_12  # every global seed is set as Keras sets it (TensorFlow's too: the shuffle order)
+    training.clear_session()
+    training.set_random_seed(11)
+    assert _draws() == keras_11
+    assert len(clears) == 3  # ... these do not
+    assert keras.backend.get_uid("dense") == 1  # clear_session reset the layer-name counters
+    monkeypatch.undo()
+    assert pywrap_tfe.TFE_ContextClearCaches is original
+
+
+def test_kernel_cache_kept_restores_the_clear_on_error():
+    from tensorflow.python import pywrap_tfe
+
+    original = pywrap_tfe.TFE_ContextClearCaches
+    with pytest.raises(RuntimeError, match="boom"), training._kernel_cache_kept():
+        assert pywrap_tfe.TFE_ContextClearCaches is not original
+        raise RuntimeError("boom")
+    assert pywrap_tfe.TFE_ContextClearCaches is original
 
 
 def _model(seed=0):

@@ -232,12 +232,12 @@ def is_diverged(tables: Mapping[str, pd.DataFrame]) -> str | None:
 def run_in_process(module: ModuleType, cfg: Any) -> dict[str, pd.DataFrame]:
     """A study's plain serial run in this process, with no files: each trial seeded as `execute_trial` seeds it,
     its tables concatenated in grid order, plus `summarize(cfg, them)`. What every study's `run(cfg)` returns."""
-    import keras
+    from keras_initkit.study.training import clear_session, set_random_seed
 
     frames: dict[str, list[pd.DataFrame]] = {}
     for trial in module.trials(cfg):
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(trial_seed(trial, trial_id(trial, cfg)))
+        clear_session()
+        set_random_seed(trial_seed(trial, trial_id(trial, cfg)))
         for name, frame in module.run_trial(cfg, trial).items():
             frames.setdefault(name, []).append(frame)
     tables = {name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()}
@@ -246,12 +246,12 @@ def run_in_process(module: ModuleType, cfg: Any) -> dict[str, pd.DataFrame]:
 
 def execute_trial(task: TrialTask) -> TrialResult:
     """Run one trial in this process: seed, build, train (all inside the study's run_trial), serialize tables."""
-    import keras
+    from keras_initkit.study.training import clear_session, set_random_seed
 
     module = load_study(task.ref)
     cfg = pickle.loads(task.cfg)
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(task.seed)
+    clear_session()
+    set_random_seed(task.seed)
     record = store.TrialRecord(
         id=task.id,
         status="ok",
@@ -284,7 +284,7 @@ def execute_trial(task: TrialTask) -> TrialResult:
         record.traceback = traceback.format_exc()
         blobs = {}
     finally:
-        keras.backend.clear_session()
+        clear_session()
     record.wall_s = time.perf_counter() - t0
     return TrialResult(record, blobs)
 
