@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from keras_initkit.study import training
 from keras_initkit.study.metrics import cross_entropy
 from keras_initkit.study.models import build_mlp
-from keras_initkit.study import training
 from keras_initkit.study.training import CurveRecorder, ModelCache, batches, compile_sgd, fit_curve, reset_optimizer
 
 
