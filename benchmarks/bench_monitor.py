@@ -10,9 +10,10 @@ process CPU-time ratios beside them (CPU time counts the work done, whatever els
 Each time is the minimum over interleaved repeats after a warm-up (tracing excluded); fit times are summed from
 per-step clock readings, robust to bursts of other work (`_robust_total`). Never asserted: read the ratios.
 
-Then the same under JAX, in a subprocess (`python -m benchmarks.bench_monitor --jax`, KERAS_BACKEND=jax; skipped
-where jax is not installed): the probe record against a jitted `jax.value_and_grad` of the model's stateless call,
-and fit with the probe monitor over plain fit (source="train_batch" does not run under JAX).
+Then the same under JAX and PyTorch, each in a subprocess (KERAS_BACKEND=jax / torch; skipped where the package is
+not installed): the probe record against a jitted `jax.value_and_grad` of the model's stateless call, or against
+the model's call and `torch.autograd.grad` of its loss w.r.t. the trainable weights, and fit with the probe monitor
+over plain fit (source="train_batch" runs under TensorFlow only).
 """
 
 from __future__ import annotations
@@ -192,6 +193,21 @@ def _jax_floor(model, loss_fn, xp, yp):
     )
 
 
+def _torch_floor(model, loss_fn, xp, yp):
+    """The model's call and torch.autograd.grad of the loss w.r.t. its trainable weights (the loss to the host)."""
+    import torch
+
+    xt, yt = keras.ops.convert_to_tensor(xp), keras.ops.convert_to_tensor(yp)
+    weights = [v.value for v in model.trainable_variables]
+
+    def floor():
+        loss = loss_fn(yt, model(xt, training=True))
+        torch.autograd.grad(loss, weights)
+        return float(loss.detach().cpu())
+
+    return floor
+
+
 def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
     """One probe record against the floor (a hand-written tf.function forward + backward on the same batch)."""
     keras.utils.set_random_seed(0)
@@ -200,9 +216,7 @@ def probe_ratios(build, calls: int, repeats: int) -> tuple[dict, float]:
     xp, yp = _data(shape, PROBE, 2)
     monitor = VarianceMonitor(probe=(xp, yp))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    floor = (
-        _jax_floor(model, loss_fn, xp, yp) if keras.backend.backend() == "jax" else _tf_floor(model, loss_fn, xp, yp)
-    )
+    floor = {"jax": _jax_floor, "torch": _torch_floor}.get(keras.backend.backend(), _tf_floor)(model, loss_fn, xp, yp)
     probe_fn = monitor._probe_fn(model).fn  # what one record runs: the traced probe function, built once
     fns = {
         "floor": floor,
@@ -228,14 +242,18 @@ def main(argv: list[str] | None = None) -> None:
         import jax
 
         gpu = jax.default_backend() == "gpu"
+    elif backend == "torch":
+        import torch
+
+        gpu = torch.cuda.is_available()
     else:
         import tensorflow as tf
 
         gpu = bool(tf.config.list_physical_devices("GPU"))
     print(f"[{backend}] batch {BATCH}, probe {PROBE}, {'GPU' if gpu else 'CPU'}; ratios as wall (process CPU time)")
-    if not gpu and backend != "jax":
+    if not gpu and backend == "tensorflow":
         print("CPU time counts the work done whatever else runs on the machine; wall time does not.")
-    targets = "" if backend == "jax" else " (target <= 1.2x)"
+    targets = "" if backend != "tensorflow" else " (target <= 1.2x)"
     for name, build in (("5x1000 tanh MLP", mlp), ("20-layer conv net", convnet)):
         pr, floor = probe_ratios(build, calls=1, repeats=8)
         cells = ", ".join(f"{k} {w:.2f}x ({c:.2f}x)" for k, (w, c) in pr.items())
@@ -248,19 +266,21 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     if backend == "tensorflow" and "--no-jax" not in argv:
-        _jax_subprocess()
+        _subprocess("jax", "pip install jax, or make install")
+    if backend == "tensorflow" and "--no-torch" not in argv:
+        _subprocess("torch", "not in dev, its wheels are large: make test-torch installs it")
 
 
-def _jax_subprocess() -> None:
-    """The same benchmark under JAX, in a subprocess (Keras picks its backend at import)."""
-    if importlib.util.find_spec("jax") is None:
-        print("[jax] skipped: jax is not installed (pip install jax, or make install)")
+def _subprocess(other: str, how: str) -> None:
+    """The same benchmark under the Keras backend `other`, in a subprocess (Keras picks its backend at import)."""
+    if importlib.util.find_spec(other) is None:
+        print(f"[{other}] skipped: {other} is not installed ({how})")
         return
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env = {**os.environ, "KERAS_BACKEND": other}
     done = subprocess.run([sys.executable, "-m", "benchmarks.bench_monitor"], env=env, capture_output=True, text=True)
     print(done.stdout, end="", flush=True)
     if done.returncode:
-        print(f"[jax] failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        print(f"[{other}] failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
 
 
 if __name__ == "__main__":

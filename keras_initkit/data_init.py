@@ -140,7 +140,7 @@ def lsuv(model, x, *, tol: float = 0.1, max_iter: int = 10, layers=None, orthogo
 
     Args:
         model: a built Keras model (Sequential, Functional or subclassed; a Sequential without `keras.Input` is
-            built from `x`), TensorFlow backend.
+            built from `x`), under any backend the monitor supports (`keras_initkit.backends.SUPPORTED`).
         x: the batch of inputs (an array, or the structure of arrays the model takes), at least one example, finite.
         tol: the tolerance on |Var(s) - 1|, in (0, 1).
         max_iter: the most scaling passes per layer, an integer >= 1.

@@ -11,8 +11,8 @@ device to a few named statistics (`STATS`), so the table grows by (layers x kind
     df = monitor.to_frame()          # tidy: step, epoch, layer, depth, kind, stat, value, diverged
     monitor.save("layers.parquet")   # or .csv
 
-How the tensors are reached (TensorFlow and JAX; the backend's part is `keras_initkit.backends`, PyTorch is refused
-with a ValueError): while the probe function is traced (once), each monitored layer's
+How the tensors are reached (TensorFlow, JAX and PyTorch; the backend's part is `keras_initkit.backends`): while the
+probe function is traced (once; under PyTorch, at each record), each monitored layer's
 `call` is wrapped. A layer with an `activation` attribute (Dense, ConvND, Activation, ...) runs with that attribute
 swapped for a recorder that sees s and returns f(s), so the layer computes exactly what it always computes; an
 activation layer without one (ReLU, LeakyReLU, ELU, PReLU, Softmax) records its input as s; any other layer
@@ -20,7 +20,7 @@ activation layer without one (ReLU, LeakyReLU, ELU, PReLU, Softmax) records its 
 (SimpleRNN, LSTM, GRU, RNN(cell), Bidirectional: s = its output; its kernel is the cell's input kernel, none for
 Bidirectional; per-time-step records are not part of this table). The probe pass runs inside a
 `keras.StatelessScope`, so it never moves BatchNormalization statistics, dropout seeds or metric states.
-`source="train_batch"` runs under TensorFlow only (refused at construction under JAX).
+`source="train_batch"` runs under TensorFlow only (refused at construction under JAX and PyTorch).
 
 Attaching the monitor never changes training: every weight after every step is bit-identical to plain `fit` from
 the same seed (tested for softmax and sigmoid outputs with and without `from_logits`, saturated or not). The taps

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
+import keras
 import numpy as np
 import pandas as pd
 
@@ -334,10 +335,11 @@ def _scalar(name: str, v):
 
 
 def _numeric(dtype) -> bool:
-    """Whether a tensor's dtype is a float, int or bool (TensorFlow's DType, or a numpy/JAX dtype)."""
+    """Whether a tensor's dtype is a float, int or bool (TensorFlow's DType, a numpy/JAX or a torch dtype)."""
     if hasattr(dtype, "is_floating"):
         return dtype.is_floating or dtype.is_integer or dtype.is_bool
-    return np.dtype(dtype).kind in "fiub"
+    name = keras.backend.standardize_dtype(dtype)
+    return name == "bool" or name.startswith(("float", "bfloat", "int", "uint"))
 
 
 def reset_hist(state: dict | None) -> None:

@@ -11,7 +11,8 @@ gradient of the loss w.r.t. h_t: through the layer's output at t and through eve
 Technique (exact, one backward pass): while the model is called, each recurrent layer's loop is run on its input
 sequence concatenated with a zero tensor eps of shape (batch, T, units), and the cell adds eps_t to its output h_t and
 to the state that is that output (h in every Keras cell: LSTM's c is untouched), so the loop carries h_t + eps_t = h_t.
-Then dC/d eps_t = dC/dh_t exactly, for every t at once, from one `tf.GradientTape` over the model call and the loss.
+Then dC/d eps_t = dC/dh_t exactly, for every t at once, from one backward pass over the model call and the loss (the
+backend's: `keras_initkit.backends`, under TensorFlow, JAX and PyTorch).
 Adding 0 changes no value: the model's output is the uninstrumented one (bit-identical on CPU; on a GPU an LSTM/GRU
 that Keras would run with cuDNN runs the generic loop instead, equal to float32 round-off).
 
@@ -24,8 +25,9 @@ Conventions:
 - h_t is the cell's output at step t. `RNN(StackedRNNCells)` is the top cell's h. A custom cell whose output is not
   one of its states gets eps on its output only: its grad_hidden is then the gradient through the outputs.
 
-Two entry points: `time_statistics` (standalone: one batch, the model's current weights, a DataFrame) and `TimeTaps`
-(the instrumentation itself, for a recorder that owns the tape and the loss, e.g. the monitor's probe record).
+Two entry points: `time_statistics` (standalone: one batch, the model's current weights, a DataFrame; the monitor's
+probe function with no layer taps) and `TimeTaps` (the instrumentation itself, for a recorder that owns the backward
+pass and the loss, e.g. the monitor's probe record).
 `mean_field_chi` gives the per-step factor that the theory predicts for the gradient's squared norm.
 """
 
@@ -378,9 +380,9 @@ def time_statistics(
     Reference:
     - [Pascanu et al., 2013](https://proceedings.mlr.press/v28/pascanu13.html), Section 2 and Fig 3
     """
-    tf = _tf()
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError("time_statistics needs the TensorFlow backend (tf.GradientTape); set KERAS_BACKEND=tensorflow")
+    from keras_initkit import backends
+
+    backends.require("time_statistics")
     stats, kinds = _check_stats(stats), _check_kinds(kinds)
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model. Received: model={model!r}")
@@ -403,28 +405,23 @@ def time_statistics(
         elif not (getattr(model, "compiled", False) and getattr(model, "loss", None) is not None):
             raise ValueError("`loss` is required: the model is not compiled with a loss. Received: loss=None")
     targets = recurrent_targets(model, layers)
-    to_t = lambda v: None if v is None else keras.tree.map_structure(tf.convert_to_tensor, v)  # noqa: E731
-    x, y, sample_weight = to_t(x), to_t(y), to_t(sample_weight)
-
-    def measure():
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            with keras.StatelessScope():  # no BatchNormalization, seed or metric update escapes
-                with TimeTaps(targets, tape.watch) as taps:
-                    y_pred = model(x, training=training)
-                if not grads_on:
-                    cost = None
-                elif loss_fn is not None:
-                    cost = loss_fn(y, y_pred) if sample_weight is None else loss_fn(y, y_pred, sample_weight)
-                else:
-                    cost = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
-        sources = taps.sources()
-        grads = None
-        if grads_on:
-            grads = tape.gradient(cost, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return taps.values(grads, stats, kinds)
-
-    values = tf.function(measure, autograph=False)()
-    return time_frame({k: v.numpy() for k, v in values.items()}, stats)
+    if loss_fn is not None:
+        cost = (lambda y, y_pred, sw: loss_fn(y, y_pred)) if sample_weight is None else loss_fn  # noqa: E731
+    else:
+        cost = None  # the model's compiled loss
+    fn = backends.module().probe_function(
+        model,
+        [],
+        targets,
+        (x, y, sample_weight),
+        grads=grads_on,
+        training=training,
+        xla=False,
+        reduce=lambda tensors, taps, time_grads: taps.values(time_grads, stats, kinds),
+        loss=cost,
+    )
+    values = fn()
+    return time_frame({k: keras.ops.convert_to_numpy(v) for k, v in values.items()}, stats)
 
 
 # ----------------------------------------------------------------------------------------------------------------

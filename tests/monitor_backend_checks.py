@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_initkit import GlorotFanIn, He, compare, lsuv, predict_variance
+from keras_initkit import GlorotFanIn, He, compare, lsuv, predict_variance, time_statistics
 from keras_initkit.doctor import diagnose
 from keras_initkit.monitor import COLUMNS, KINDS, STATS, VarianceMonitor
 
@@ -274,6 +274,41 @@ def check_recurrent_time_frame():
     assert sorted(tf_.step.unique()) == [0, 2, 4]
     assert set(tf_.kind) == {"hidden", "grad_hidden"} and set(tf_.layer) == {"rnn", "rnn2"}
     assert np.isfinite(tf_.value).all() and len(tf_) == 3 * 2 * 2 * 3 * 5
+    # the last record (at the final weights) is time_statistics' measurement, the same probe pass
+    last = tf_[tf_.step == 4].drop(columns="step")
+    ref = time_statistics(model, x.reshape(16, 5, 3), y)
+    both = last.merge(ref, on=["layer", "t", "lag", "kind", "stat"], suffixes=("", "_ref"))
+    assert len(both) == len(ref) == len(last)
+    np.testing.assert_allclose(both["value"], both["value_ref"], rtol=1e-5, atol=1e-12)
+
+
+def check_training_is_bit_identical_with_the_monitor():
+    """An observer never changes what it observes: fit with the monitor recording at every step (a softmax output
+    with a cross-entropy on probabilities, BatchNormalization, a recurrent layer) gives the same weights, bit for
+    bit, as fit without it."""
+    x, y = _data(48, 12, seed=15)
+    x = x.reshape(48, 4, 3)
+    weights = []
+    for attach in (False, True):
+        model = keras.Sequential(
+            [
+                keras.Input((4, 3)),
+                keras.layers.SimpleRNN(8, return_sequences=True, name="rnn"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(16, activation="tanh", name="d1"),
+                keras.layers.BatchNormalization(name="bn"),
+                keras.layers.Dense(3, activation="softmax", name="out"),
+            ]
+        )
+        _numpy_weights(model, seed=16, scale=0.5)
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), _loss(from_logits=False))
+        callbacks = [VarianceMonitor(probe=(x[:16], y[:16]), every=1)] if attach else []
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        if attach:
+            assert sorted(callbacks[0].to_frame().step.unique()) == list(range(7))
+        weights.append([np.asarray(w) for w in model.get_weights()])
+    for a, b in zip(*weights, strict=True):
+        assert np.array_equal(a, b), np.abs(a - b).max()
 
 
 def check_train_batch_where_the_backend_allows():
@@ -330,7 +365,8 @@ def _rnn_model(lstm=True):
 def frames(out: Path) -> None:
     """The monitor's records of fixed weights and probes, as CSV in `out`: mlp.csv (every kind and stat, histograms,
     a tracked unit; a fused tanh, BatchNormalization, ReLU, a softmax output with a cross-entropy on probabilities) and
-    rnn.csv / rnn_time.csv (a SimpleRNN and an LSTM: the table and the per-time-step table)."""
+    rnn.csv / rnn_time.csv (a SimpleRNN and an LSTM: the table and the per-time-step table) and rnn_timestats.csv
+    (`time_statistics` of that model, with a loss given)."""
     out = Path(out)
     model = keras.Sequential(
         [
@@ -353,6 +389,10 @@ def frames(out: Path) -> None:
     monitor = VarianceMonitor(probe=(x.reshape(16, 5, 3), y), quantile_sample=None)
     monitor.measure(rnn).to_csv(out / "rnn.csv", index=False)
     monitor.time_frame().to_csv(out / "rnn_time.csv", index=False)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    time_statistics(rnn, x.reshape(16, 5, 3), y, loss=loss, stats=("mean", "var", "norm", "rms")).to_csv(
+        out / "rnn_timestats.csv", index=False
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
-from keras_initkit.backends import check_called
+from keras_initkit.backends import Holder, check_called, probe_loss, unwrap
 from keras_initkit.hooks import LayerHooks
 from keras_initkit.record import Layout
 from keras_initkit.recurrent import TimeTaps
@@ -31,43 +31,14 @@ from keras_initkit.recurrent import TimeTaps
 __all__ = ["TFLike", "ops", "probe_function", "tensor_values"]
 
 
-def _v(x):
-    """The array of a `TFLike.Variable`, else `x`."""
-    return x.value if isinstance(x, _Variable) else x
+class _Variable(Holder):
+    """A `Holder` of a JAX array (the histogram ranges); threaded through `jax.jit` by `probe_function`."""
 
-
-class _Variable:
-    """A mutable holder standing in for a tf.Variable (the histogram ranges); threaded through `jax.jit` by
-    `probe_function`."""
-
-    def __init__(self, initial_value, trainable=False, dtype=None):
+    @staticmethod
+    def asarray(value, dtype=None):
         import jax.numpy as jnp
 
-        self.value = jnp.asarray(initial_value, dtype=dtype)
-
-    def assign(self, value, read_value=True):
-        import jax.numpy as jnp
-
-        self.value = jnp.asarray(_v(value), dtype=self.value.dtype)
-        return self.value if read_value else None
-
-    def read_value(self):
-        return self.value
-
-    def numpy(self):
-        return np.asarray(self.value)
-
-    def __or__(self, other):
-        return self.value | _v(other)
-
-    def __ror__(self, other):
-        return _v(other) | self.value
-
-    def __and__(self, other):
-        return self.value & _v(other)
-
-    def __rand__(self, other):
-        return _v(other) & self.value
+        return jnp.asarray(value, dtype=dtype)
 
 
 def _tflike():
@@ -75,13 +46,13 @@ def _tflike():
     import jax.numpy as jnp
 
     def concat(values, axis=0):
-        values = [_v(v) for v in values]
+        values = [unwrap(v) for v in values]
         if not any(isinstance(v, jax.Array) or isinstance(v, jax.core.Tracer) for v in values):
             return np.concatenate([np.asarray(v) for v in values], axis)  # a static shape, as tf.shape's
         return jnp.concatenate([jnp.asarray(v) for v in values], axis)
 
     def gather(x, indices, axis=0):
-        return jnp.take(_v(x), jnp.asarray(indices), axis=axis)
+        return jnp.take(unwrap(x), jnp.asarray(indices), axis=axis)
 
     def shape(x):
         return np.asarray(x.shape, dtype=np.int64)
@@ -93,22 +64,22 @@ def _tflike():
         return jnp.ones(tuple(int(d) for d in np.asarray(shape).reshape(-1)), dtype)
 
     def argmax(x, axis=None, output_type=None):
-        out = jnp.argmax(_v(x), axis=axis)
+        out = jnp.argmax(unwrap(x), axis=axis)
         return out if output_type is None else out.astype(output_type)
 
     def norm(x, axis=None):
-        return jnp.linalg.norm(_v(x), axis=axis)
+        return jnp.linalg.norm(unwrap(x), axis=axis)
 
     def reduce_euclidean_norm(x, axis=None):
-        return jnp.sqrt(jnp.sum(jnp.square(_v(x)), axis=axis))
+        return jnp.sqrt(jnp.sum(jnp.square(unwrap(x)), axis=axis))
 
     def unsorted_segment_sum(data, segment_ids, num_segments):
-        return jax.ops.segment_sum(_v(data), _v(segment_ids), num_segments=num_segments)
+        return jax.ops.segment_sum(unwrap(data), unwrap(segment_ids), num_segments=num_segments)
 
     def cast(x, dtype):
-        return jnp.asarray(_v(x)).astype(dtype)
+        return jnp.asarray(unwrap(x)).astype(dtype)
 
-    wrap = lambda f: lambda *a, **k: f(*(_v(x) for x in a), **k)  # noqa: E731
+    wrap = lambda f: lambda *a, **k: f(*(unwrap(x) for x in a), **k)  # noqa: E731
     x64 = bool(jax.config.jax_enable_x64)
     return types.SimpleNamespace(
         float16=jnp.float16,
@@ -123,10 +94,10 @@ def _tflike():
         argmax=argmax,
         cast=cast,
         concat=concat,
-        cond=lambda pred, true_fn, false_fn: jax.lax.cond(_v(pred), true_fn, false_fn),
-        constant=lambda value, dtype=None: jnp.asarray(_v(value), dtype=dtype),
+        cond=lambda pred, true_fn, false_fn: jax.lax.cond(unwrap(pred), true_fn, false_fn),
+        constant=lambda value, dtype=None: jnp.asarray(unwrap(value), dtype=dtype),
         control_dependencies=lambda _deps: contextlib.nullcontext(),
-        convert_to_tensor=lambda value, dtype=None: jnp.asarray(_v(value), dtype=dtype),
+        convert_to_tensor=lambda value, dtype=None: jnp.asarray(unwrap(value), dtype=dtype),
         equal=wrap(jnp.equal),
         floor=wrap(jnp.floor),
         gather=gather,
@@ -143,14 +114,14 @@ def _tflike():
         reduce_mean=wrap(jnp.mean),
         reduce_min=wrap(jnp.min),
         reduce_sum=wrap(jnp.sum),
-        reshape=lambda x, shape: jnp.reshape(_v(x), tuple(int(d) for d in np.asarray(shape).reshape(-1))),
-        reverse=lambda x, axis: jnp.flip(_v(x), axis=tuple(axis)),
+        reshape=lambda x, shape: jnp.reshape(unwrap(x), tuple(int(d) for d in np.asarray(shape).reshape(-1))),
+        reverse=lambda x, axis: jnp.flip(unwrap(x), axis=tuple(axis)),
         shape=shape,
         size=lambda x: int(np.prod(x.shape)),
         sort=wrap(jnp.sort),
         sqrt=wrap(jnp.sqrt),
         square=wrap(jnp.square),
-        stack=lambda values, axis=0: jnp.stack([_v(v) for v in values], axis),
+        stack=lambda values, axis=0: jnp.stack([unwrap(v) for v in values], axis),
         where=wrap(jnp.where),
         zeros=zeros,
         zeros_like=wrap(jnp.zeros_like),
@@ -247,7 +218,17 @@ def _unique(variables):
 
 
 def probe_function(
-    model, targets, time_targets, data, *, grads: bool, training: bool, xla: bool, reduce: Callable, state=()
+    model,
+    targets,
+    time_targets,
+    data,
+    *,
+    grads: bool,
+    training: bool,
+    xla: bool,
+    reduce: Callable,
+    state=(),
+    loss: Callable | None = None,
 ):
     """The probe record of `model` on `data` = (x, y, sample_weight), compiled now: a callable () ->
     `reduce(tensors, taps, time_grads)`, as the TensorFlow backend's (see there). The forward and backward pass is
@@ -295,10 +276,10 @@ def probe_function(
                 TimeTaps(time_targets, source=time_eps) as taps,
             ):
                 y_pred = model(x, training=training)
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw) if grads else jnp.zeros(())
+            cost = probe_loss(model, loss, x, y, y_pred, sw) if grads else jnp.zeros(())
         box["hooks"], box["taps"] = hooks, taps
         hidden = {i: (tap.hidden, tap.weights) for i, tap in taps.taps.items()}
-        return jnp.asarray(loss, jnp.float32), (rec, hidden)
+        return jnp.asarray(cost, jnp.float32), (rec, hidden)
 
     def tensors_of(kvals, ovals, data):
         """Every tapped tensor and gradient, and the recurrent layers' (h_t, step weights) and dC/dh_t."""

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import keras
 
-from keras_initkit.backends import check_called
+from keras_initkit.backends import check_called, probe_loss, tensor_values
 from keras_initkit.hooks import LayerHooks
 from keras_initkit.recurrent import TimeTaps
 
@@ -19,13 +19,18 @@ def ops():
     return tf
 
 
-def tensor_values(spec, layout, t, kind, x, hist, unit, xla):
-    """`spec.compute(...)`: the statistics of one tensor, in the caller's traced function."""
-    return spec.compute(layout, t, kind, x, hist, unit, xla)
-
-
 def probe_function(
-    model, targets, time_targets, data, *, grads: bool, training: bool, xla: bool, reduce: Callable, state=()
+    model,
+    targets,
+    time_targets,
+    data,
+    *,
+    grads: bool,
+    training: bool,
+    xla: bool,
+    reduce: Callable,
+    state=(),
+    loss: Callable | None = None,
 ):
     """The probe record of `model` on `data` = (x, y, sample_weight), traced now, never retraced: a callable () ->
     `reduce(tensors, taps, time_grads)`.
@@ -62,7 +67,7 @@ def probe_function(
                 ):
                     y_pred = model(x, training=training)
                 if grads:
-                    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw)
+                    cost = probe_loss(model, loss, x, y, y_pred, sw)
         check_called(targets, hooks)
         tensors = dict(rec)
         eps = taps.sources()  # dC/d eps_t = dC/dh_t of each recurrent layer (keras_initkit.recurrent)
@@ -70,7 +75,7 @@ def probe_function(
         if grads:  # every gradient, whichever kinds are recorded: the recorded ones keep their values
             keys = [k for k in rec] + [(i, "kernel") for i in kernels]
             srcs = [rec[k] for k in rec] + list(kernels.values())
-            gs = tape.gradient(loss, srcs + eps, unconnected_gradients=tf.UnconnectedGradients.NONE)
+            gs = tape.gradient(cost, srcs + eps, unconnected_gradients=tf.UnconnectedGradients.NONE)
             gs, time_grads = (
                 gs[: len(srcs)],
                 [tf.zeros_like(e) if g is None else g for e, g in zip(eps, gs[len(srcs) :], strict=True)],
