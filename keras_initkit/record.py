@@ -229,6 +229,13 @@ class RecordSpec:
         )
 
     @property
+    def quantiles(self) -> tuple[float, ...]:
+        """The q of the percentile stats (`keras_initkit.stats` marks them), computed together per tensor."""
+        return tuple(
+            dict.fromkeys(f.quantile for f in self.stats.values() if isinstance(getattr(f, "quantile", None), float))
+        )
+
+    @property
     def gradients(self) -> bool:
         """Whether any gradient kind is recorded."""
         return any(k in GRADIENT_KINDS for k in self.kinds)
@@ -254,6 +261,7 @@ class RecordSpec:
             unit_axis=None if unit >= 0 else t.unit_axis,
             quantile_sample=self.quantile_sample,
             xla=xla,
+            quantiles=self.quantiles,
         )
         scalars = []
         for name, fn in self.stats.items():

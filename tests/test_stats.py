@@ -136,6 +136,29 @@ def test_the_sample_sees_every_channel_and_does_not_depend_on_a_static_batch_siz
     np.testing.assert_array_equal(dynamic(tf.constant(x)).numpy(), static)
 
 
+def test_percentiles_of_a_batch_of_unknown_size_are_computed_together_and_equal_the_static_ones():
+    x = np.random.default_rng(3).standard_normal((40, 6, 7)).astype("float32")
+    qs = (0.15, 0.5, 0.85)
+    static = [float(STATS[f"p{round(q * 100)}"](_view(x, quantile_sample=101))) for q in qs]
+
+    def percentiles(quantiles):
+        @tf.function(input_signature=[tf.TensorSpec([None, 6, 7], tf.float32)], autograph=False)
+        def f(t):
+            v = TensorView(t, kind="activation", activation=None, unit_axis=-1, quantile_sample=101, xla=False,
+                           quantiles=quantiles)  # fmt: skip
+            return tf.stack([STATS[f"p{round(q * 100)}"](v) for q in qs])
+
+        return f
+
+    together, one_by_one = percentiles(qs), percentiles(())
+    np.testing.assert_array_equal(together(tf.constant(x)).numpy(), one_by_one(tf.constant(x)).numpy())
+    np.testing.assert_allclose(together(tf.constant(x)).numpy(), static, rtol=1e-6)
+    ops = {name: len(fn.get_concrete_function().graph.get_operations()) for name, fn in
+           (("together", together), ("one_by_one", one_by_one))}  # fmt: skip
+    assert ops["together"] < ops["one_by_one"] - 20, ops
+    assert STATS["p85"].quantile == 0.85
+
+
 # ---- bounded activations: relu6 and the hard ones saturate at their bounds -----------------------------------------
 
 
