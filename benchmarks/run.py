@@ -42,7 +42,9 @@ def _header() -> str:
     versions = package_versions()
     return (
         f"# {time.strftime('%Y-%m-%d %H:%M:%S %z')}; git {git_commit()}; {cpu_model()}, {cpu_count()} usable CPUs; "
-        + ", ".join(f"{k} {versions[k]}" for k in ("keras", "tensorflow-cpu", "tensorflow", "jax") if k in versions)
+        + ", ".join(
+            f"{k} {versions[k]}" for k in ("keras", "tensorflow-cpu", "tensorflow", "jax", "torch") if k in versions
+        )
         + "\n"
     )
 

@@ -33,6 +33,7 @@ PACKAGES = (
     "tensorflow",
     "tensorflow-cpu",
     "jax",
+    "torch",
     "numpy",
     "pandas",
     "pyarrow",
