@@ -139,7 +139,8 @@ class TensorView:
     @cached_property
     def _dynamic_quantiles(self):
         """Every q of `quantiles` of a sample of unknown size (a batch dimension unknown at trace time, as in Keras'
-        train step), in one vector: the same arithmetic as one q at a time, in a third of the graph's ops."""
+        train step), in one vector: the same arithmetic as one q at a time, in half the graph's ops (85 -> 41 for
+        p15, p50 and p85)."""
         tf = _tf()
         return _interpolate(self.sorted_sample, tf.constant(self.quantiles, tf.float32))
 
