@@ -274,7 +274,13 @@ def test_deterministic_runs_give_identical_tables(tmp_path):
 @pytest.mark.slow  # 30-90 s on 2 loaded cores: a process pool starts, is interrupted, and the run is resumed
 def test_ctrl_c_stops_the_workers_and_prints_the_command_that_resumes(tmp_path):
     argv = [TOY, "--profile", "paper", "--out", "out", "--jobs", "2", "--no-progress"]
-    proc = subprocess.Popen([*CLI, *argv], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The driver takes Ctrl-C as a terminal's foreground job does, also when this suite runs in the background: a
+    # shell starts a background job (`make test &`) with SIGINT ignored, and a child inherits an ignored SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen([*CLI, *argv], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     trials = tmp_path / "out" / "toy" / "paper" / "trials"
     deadline = time.monotonic() + 300
     while not _finished(trials) and proc.poll() is None and time.monotonic() < deadline:
