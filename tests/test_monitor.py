@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from keras_initkit.initializers import GlorotFanIn, He
 from keras_initkit.monitor import COLUMNS, KINDS, STATS, VarianceMonitor
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -73,29 +72,8 @@ def _numpy_stats(x, kind, activation):
 
 
 # ---- theory: deep nets at initialization -------------------------------------------------------------------------
-
-
-def test_deep_linear_glorot_fan_in_keeps_forward_variance():
-    depth, width = 20, 256
-    model = _mlp([width] * depth, None, lambda i: GlorotFanIn(seed=i), width, bias=False)
-    x, y = _data(512, width)
-    df = VarianceMonitor(probe=(x, y), stats=["var"]).measure(model)
-    var = [_get(df, f"h{i}", "preact", "var") for i in range(depth)]
-    assert np.allclose(var, 1.0, rtol=0.10), np.round(var, 3)
-
-
-@pytest.mark.parametrize("init, ratio, tolerance", [(GlorotFanIn, 0.5, 0.05), (He, 1.0, 0.10)])
-def test_relu_variance_ratio_per_layer(init, ratio, tolerance):
-    # He et al. Eq 10: Var(s_l+1) = n Var(W) E[relu(s_l)^2] = n Var(W) Var(s_l) / 2. Width 1024 keeps the finite-width
-    # fluctuation of one layer's ratio near 0.015 (0.5 scale), so +-0.05 is about 3 standard deviations.
-    depth, width = 6, 1024
-    model = _mlp([width] * depth, "relu", lambda i: init(seed=i), width, bias=False)
-    x, y = _data(512, width, seed=1)
-    df = VarianceMonitor(probe=(x, y), stats=["var"], layers="h.*").measure(model)
-    var = np.array([_get(df, f"h{i}", "preact", "var") for i in range(depth)])
-    ratios = var[1:] / var[:-1]
-    assert np.allclose(ratios, ratio, atol=tolerance), np.round(ratios, 3)
-    assert (var[-1] / var[0]) ** (1 / (depth - 1)) == pytest.approx(ratio, abs=tolerance / 2)
+# The deep linear net and the ReLU ratios (He et al. Eq 10) are the acceptance checks of
+# tests/monitor_backend_checks.py, run under TensorFlow, JAX and PyTorch by tests/test_monitor_backends.py.
 
 
 # ---- exactness against hand computations ---------------------------------------------------------------------------
