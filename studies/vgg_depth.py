@@ -744,6 +744,13 @@ def _other_depths(final: pd.DataFrame, n_layers: int) -> str:
     return f" (other n_layers, not part of the rule: {'; '.join(parts)})" if parts else ""
 
 
+def _escaped_text(rows: pd.DataFrame) -> str:
+    """The text 'k/n escaped within <budget>[ after <spread of the escaped nets' updates>]'."""
+    hit = rows[rows["escaped"].astype(bool)]
+    after = f" after {spread(hit['steps_to_threshold'], '.0f')}" if len(hit) else ""
+    return f"{len(hit)}/{len(rows)} escaped within {int(rows['steps'].max())}{after}"
+
+
 def _reached(rows: pd.DataFrame) -> str:
     hit = int(rows["escaped"].sum())
     at = f" median {rows['steps_to_threshold'].median():.0f} updates" if hit else ""
@@ -821,9 +828,9 @@ def claim_h5(final: pd.DataFrame, correct_rows: pd.DataFrame, recipe_depth: int,
     a_label = f"net A ({int(a['n_layers'].iloc[0])} layers, N(0, 0.01))"
     measured = (
         f"{_floor_text(recipe)}; {text(a, a_label)}; "
-        f"{text(recipe, f'{recipe_depth} layers from A')} (escaped after {spread(recipe['steps_to_threshold'], '.0f')} "
-        f"updates after A's); {text(fixed, 'FixedNormal from scratch')}; {text(he, 'He from scratch')} (escaped "
-        f"after {spread(he['steps_to_threshold'], '.0f')}); per seed {''.join(v[0] for v in per_seed)}; recipe vs "
+        f"{text(recipe, f'{recipe_depth} layers from A')} ({_escaped_text(recipe)} updates after A's); "
+        f"{text(fixed, 'FixedNormal from scratch')}; {text(he, 'He from scratch')} ({_escaped_text(he)}); "
+        f"per seed {''.join(v[0] for v in per_seed)}; recipe vs "
         f"FixedNormal from scratch: {paired_text(m['recipe'], m['fixed'])}; for the record, recipe vs He from "
         f"scratch: {paired_text(m['recipe'], m['he'])}"
     )

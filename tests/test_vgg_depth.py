@@ -194,6 +194,12 @@ def test_claim_h5_pass_fail_inconclusive():
     ok = v.claim_h5(final, _correct(final, ACC), 13)
     assert ok["status"] == "PASS", ok["measured"]
     assert "McNemar p=" in ok["measured"] and "recipe vs He from scratch" in ok["measured"]
+    assert "13 layers from A learned 5/5" in ok["measured"]
+    assert "(5/5 escaped within 300 after 200 ± 0" in ok["measured"]
+    learned_only = _vgg([NEVER] * 5, [FAST] * 5, a=[FAST] * 5, recipe=[MOVED] * 5)  # learned, never at the threshold
+    moved = v.claim_h5(learned_only, _correct(learned_only, ACC), 13)
+    assert moved["status"] == "PASS" and "(0/5 escaped within 300 updates after A's)" in moved["measured"]
+    assert "non-finite" not in moved["measured"]
     bad = _vgg([NEVER] * 5, [FAST] * 5, a=[FAST] * 4 + [NEVER], recipe=[FAST] * 5)  # net A at the floor once
     assert v.claim_h5(bad, _correct(bad, ACC), 13)["status"] == "FAIL"
     lucky = _vgg([NEVER] * 4 + [MOVED], [FAST] * 5, a=[FAST] * 5, recipe=[FAST] * 5)  # N(0, 0.01) learns once
