@@ -921,7 +921,7 @@ def plot_variance(layers: pd.DataFrame, kind: str = "preact"):
         sel[sel["value"] > UNDERFLOW], kind, x="depth", hue="init", col="n_layers", predicted=predicted, step=None,
         errorbar=("pi", 100), palette=_palette(),
         title=f"At initialization, {direction}: measured (band = seeds' range) and theory.predict_variance (dashed)"
-        f"; the VGG net (wide, scaled inputs) is the {sorted(set(_rows(layers, net='vgg')['n_layers']))} panel",
+        f"; the VGG net (256 channels) is the {sorted(set(_rows(layers, net='vgg')['n_layers']))} panel",
     )  # fmt: skip
     for ax in fig.axes:
         ax.set_ylim(bottom=VARIANCE_FLOOR)
