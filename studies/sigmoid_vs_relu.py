@@ -905,16 +905,19 @@ def _fig2(training: pd.DataFrame):
     from keras_initkit.plots import stat_over_training
 
     sel = _fig2_runs(training)
+    epochs = sel["step"].max() > G1_EPOCH  # the paper's epoch boundaries fall inside the run: dashed lines
     fig = stat_over_training(
         sel, kind="activation", center="mean", spread="std", col="n_hidden",
-        title=f"Fig 2: sigmoid, standard init, {sel['seed'].nunique()} seeds",
+        title=f"Fig 2: sigmoid, standard init, {sel['seed'].nunique()} seeds (the paper's x axis: epochs of {G1_EPOCH} "
+        f"updates{', dashed' if epochs else ''}; dotted: {G1_TOP})",
     )  # fmt: skip
     for ax in fig.axes:
         ax.axhline(G1_TOP, color="grey", ls=":", lw=1)
-        if sel["step"].max() > G1_EPOCH:
+        if epochs:
             ax.axvline(G1_EPOCH, color="grey", ls="--", lw=1)
-        ax.set(xlabel=f"SGD updates (Fig 2's axis: epochs of {G1_EPOCH} updates); dotted: {G1_TOP}", ylim=(-0.05, 1.05))
-        ax.legend(title="layer", fontsize="small", loc="upper left", ncols=2)
+        ax.set(xlabel="SGD updates", ylim=(-0.05, 1.05))
+        # between the lower layers' bands (above ~0.4) and the top layer's saturated curve (near 0)
+        ax.legend(title="layer", fontsize="small", loc="lower right", bbox_to_anchor=(1.0, 0.12), ncols=2)
     return fig
 
 
